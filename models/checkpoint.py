@@ -1,0 +1,132 @@
+"""Safe loading of the official checkpoint files and conversion to safetensors.
+
+The official StableAnimator weights are torch pickles (``.pth``). A pickle can run arbitrary code
+when loaded, so they are only ever opened with ``torch.load(weights_only=True)``, which accepts
+tensors and plain containers and refuses everything else.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import zipfile
+from collections.abc import Mapping
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unsafe, truncated, or not the expected kind.
+
+    The message always names the file (when known), what is wrong, and what to do about it.
+    """
+
+
+def preferred_path(path: str) -> str:
+    """Return the ``.safetensors`` twin of a ``.pth`` file when one exists beside it.
+
+    ``convert`` writes that twin; it loads faster, maps lazily, and needs no unpickling.
+    """
+    root, ext = os.path.splitext(path)
+    if ext.lower() in (".pth", ".pt", ".bin", ".ckpt"):
+        twin = root + ".safetensors"
+        if os.path.isfile(twin):
+            return twin
+    return path
+
+
+def load_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """Load a flat ``name -> tensor`` state dict from ``.safetensors`` or a torch pickle, safely."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"Checkpoint file not found: {path}")
+    if path.lower().endswith((".safetensors", ".sft")):
+        from safetensors.torch import load_file
+
+        try:
+            return dict(load_file(path, device="cpu"))
+        except Exception as exc:  # safetensors raises its own error types for damaged headers
+            raise CheckpointError(
+                f"Could not read {path} as safetensors ({exc}). The file is damaged or incomplete; "
+                "download it again."
+            ) from exc
+    return _load_pickle_weights_only(path)
+
+
+def _load_pickle_weights_only(path: str) -> dict[str, torch.Tensor]:
+    try:
+        # mmap keeps a 6 GB unet.pth from being read into memory twice
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip_checkpoint(path))
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"Refused to load {path}: it needs code execution to unpickle ({_first_line(exc)}). "
+            "Only plain tensor state dicts are loaded. Use the official file, or re-save it as a "
+            "state dict of tensors (torch.save(model.state_dict(), ...))."
+        ) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+        raise CheckpointError(
+            f"Could not read {path} ({_first_line(exc)}). The file is truncated or damaged "
+            f"(size {os.path.getsize(path):,} bytes); download it again."
+        ) from exc
+    return _as_flat_state_dict(obj, path)
+
+
+def _is_zip_checkpoint(path: str) -> bool:
+    return zipfile.is_zipfile(path)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _as_flat_state_dict(obj, path: str) -> dict[str, torch.Tensor]:
+    # Training scripts sometimes wrap the weights; the official files are bare state dicts.
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict of tensors.")
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(
+            f"{path} is not a flat state dict: entries {bad[:5]} are not tensors."
+        )
+    return dict(obj)
+
+
+def convert_to_safetensors(src: str, dst: str | None = None) -> str:
+    """Write ``src`` (a ``.pth`` state dict) as ``.safetensors`` next to it; returns the new path."""
+    from safetensors.torch import save_file
+
+    dst = dst or os.path.splitext(src)[0] + ".safetensors"
+    sd = _load_pickle_weights_only(src) if not src.endswith(".safetensors") else load_state_dict(src)
+    # safetensors refuses shared or non-contiguous storage; mmap'd pickles may have both
+    sd = {k: v.contiguous().clone() for k, v in sd.items()}
+    tmp = dst + ".partial"
+    save_file(sd, tmp, metadata={"format": "pt", "converted_from": os.path.basename(src)})
+    os.replace(tmp, dst)
+    logger.info("Converted %s -> %s (%d tensors)", src, dst, len(sd))
+    return dst
+
+
+def require_keys(sd: Mapping[str, torch.Tensor], expected: set[str], what: str, path: str = "") -> None:
+    """Raise a readable error unless ``sd`` has exactly the ``expected`` keys."""
+    missing = sorted(expected - set(sd))
+    unexpected = sorted(set(sd) - expected)
+    if missing or unexpected:
+        raise CheckpointError(describe_key_mismatch(what, path, missing, unexpected))
+
+
+def describe_key_mismatch(what: str, path: str, missing: list[str], unexpected: list[str]) -> str:
+    where = f" ({path})" if path else ""
+    parts = [f"{what}{where} does not match the expected layout."]
+    if missing:
+        parts.append(f"{len(missing)} missing tensors, e.g. {', '.join(missing[:6])}.")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected tensors, e.g. {', '.join(unexpected[:6])}.")
+    parts.append(
+        "The file is truncated, from another model, or was saved by a different version. "
+        "Use the official file from the StableAnimator release for this slot."
+    )
+    return " ".join(parts)

@@ -1,0 +1,16 @@
+"""ComfyUI adapter layer: node declarations, validation, progress; math lives in ``models/``."""
+from comfy_api.latest import ComfyExtension, io
+
+from .folders import register_model_folders
+
+
+class IdentityAnimatorExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        from . import loaders
+
+        return [*loaders.NODES]
+
+
+def create_extension() -> IdentityAnimatorExtension:
+    register_model_folders()
+    return IdentityAnimatorExtension()

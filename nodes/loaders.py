@@ -1,0 +1,202 @@
+"""Loader nodes for the official StableAnimator weights and the SVD-xt base."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.ops
+import comfy.sd
+import comfy.utils
+import folder_paths
+from comfy_api.latest import io
+
+from ..models.checkpoint import CheckpointError, load_state_dict, preferred_path
+from ..models.face_encoder import FaceEncoder
+from ..models.id_adapter import IDAdapterWeights
+from ..models.iresnet import IResNet
+from ..models.pose_net import PoseNet
+from ..models.unet_convert import convert_stableanimator_unet
+from . import types
+from .folders import STABLEANIMATOR, full_path, list_files
+from .svd_model import WEIGHT_DTYPES, build_svd_model
+
+logger = logging.getLogger(__name__)
+
+
+def _load(folder: str, name: str) -> tuple[dict, str]:
+    path = preferred_path(full_path(folder, name))
+    if not path.endswith(name):
+        logger.info("Using %s (converted twin of %s)", path, name)
+    return load_state_dict(path), path
+
+
+def _weights_combo(default_hint: str, tooltip: str) -> io.Combo.Input:
+    files = list_files(STABLEANIMATOR)
+    default = next((f for f in files if default_hint in f), files[0] if files else None)
+    return io.Combo.Input(f"{default_hint}_name", options=files, default=default, tooltip=tooltip)
+
+
+class LoadAnimationUNet(io.ComfyNode):
+    """Loads StableAnimator's Animation/unet.pth into ComfyUI's native SVD model.
+
+    The ID-adapter weights stored in the same file come out separately, for the ID-adapter patch.
+    """
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="IDA_LoadAnimationUNet",
+            display_name="Load Animation UNet",
+            category=types.CAT_LOADERS,
+            description=cls.__doc__.strip(),
+            inputs=[
+                _weights_combo("unet", "Animation/unet.pth (or the .safetensors written by `make convert`) "
+                               "from ComfyUI/models/stableanimator."),
+                io.Combo.Input("weight_dtype", options=["default", *WEIGHT_DTYPES], default="default",
+                               tooltip="UNet weight precision. default: ComfyUI picks for your device "
+                               "(fp16/bf16 on GPUs). fp32 doubles memory. The ID adapter is kept in at "
+                               "least fp16 whatever you pick."),
+            ],
+            outputs=[
+                io.Model.Output(display_name="model", tooltip="ComfyUI SVD model with StableAnimator's UNet weights."),
+                types.IDAdapter.Output(display_name="id_adapter",
+                                       tooltip="The 16 id_to_k/id_to_v pairs of the distribution-aware ID adapter."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, unet_name, weight_dtype) -> io.NodeOutput:
+        sd, path = _load(STABLEANIMATOR, unet_name)
+        converted = convert_stableanimator_unet(sd, source=path)
+        del sd
+        model = build_svd_model(converted.unet, weight_dtype, path)
+        unet_dtype = model.model.get_dtype()
+        id_dtype = unet_dtype if unet_dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.float16
+        id_adapter = IDAdapterWeights.from_converted(converted.id_adapter).to(id_dtype)
+        logger.info("ID adapter: %d layers, %d parameters, %s", len(id_adapter.blocks),
+                    id_adapter.num_parameters(), id_dtype)
+        return io.NodeOutput(model, id_adapter)
+
+
+class LoadPoseNet(io.ComfyNode):
+    """Loads StableAnimator's Animation/pose_net.pth (the pose guider)."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="IDA_LoadPoseNet",
+            display_name="Load PoseNet",
+            category=types.CAT_LOADERS,
+            description=cls.__doc__.strip(),
+            inputs=[_weights_combo("pose_net", "Animation/pose_net.pth from ComfyUI/models/stableanimator.")],
+            outputs=[types.PoseNet.Output(display_name="pose_net",
+                                          tooltip="PoseNet: skeleton images -> features added after the UNet's conv_in.")],
+        )
+
+    @classmethod
+    def execute(cls, pose_net_name) -> io.NodeOutput:
+        sd, path = _load(STABLEANIMATOR, pose_net_name)
+        # 0.2 M parameters: kept in fp32, computed in the sampler's dtype through manual_cast
+        net = PoseNet.from_state_dict(sd, dtype=torch.float32, device=mm.unet_offload_device(),
+                                      operations=comfy.ops.manual_cast, source=path)
+        logger.info("PoseNet from %s: %d output channels", path, net.out_channels)
+        return io.NodeOutput(comfy.model_patcher.ModelPatcher(
+            net, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()))
+
+
+class LoadFaceEncoder(io.ComfyNode):
+    """Loads StableAnimator's Animation/face_encoder.pth (FusionFaceId: ArcFace + CLIP -> 4 face tokens)."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="IDA_LoadFaceEncoder",
+            display_name="Load Face Encoder",
+            category=types.CAT_LOADERS,
+            description=cls.__doc__.strip(),
+            inputs=[
+                _weights_combo("face_encoder", "Animation/face_encoder.pth from ComfyUI/models/stableanimator."),
+                io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="fp32",
+                               tooltip="Face Encoder precision (57 M parameters, run once per video). "
+                               "fp32 is exact; fp16/bf16 halve its memory."),
+            ],
+            outputs=[types.FaceEncoder.Output(display_name="face_encoder",
+                                              tooltip="Face Encoder for the Face Encode node.")],
+        )
+
+    @classmethod
+    def execute(cls, face_encoder_name, weight_dtype) -> io.NodeOutput:
+        sd, path = _load(STABLEANIMATOR, face_encoder_name)
+        enc = FaceEncoder.from_state_dict(sd, dtype=WEIGHT_DTYPES[weight_dtype], device=mm.unet_offload_device(),
+                                          operations=comfy.ops.manual_cast, source=path)
+        logger.info("Face Encoder from %s: %d tokens x %d, CLIP width %d", path, enc.num_tokens, enc.cross_dim, enc.clip_dim)
+        return io.NodeOutput(comfy.model_patcher.ModelPatcher(
+            enc, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()))
+
+
+class LoadArcFace(io.ComfyNode):
+    """Loads the PyTorch ArcFace (Animation/glintr100_torch.pth, iresnet100) used for face refinement."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="IDA_LoadArcFace",
+            display_name="Load ArcFace (PyTorch)",
+            category=types.CAT_LOADERS,
+            description=cls.__doc__.strip(),
+            inputs=[_weights_combo("glintr100", "Animation/glintr100_torch.pth from ComfyUI/models/stableanimator.")],
+            outputs=[types.ArcFace.Output(display_name="arcface",
+                                          tooltip="Differentiable ArcFace (112x112 RGB in [-1,1] -> 512-d embedding).")],
+        )
+
+    @classmethod
+    def execute(cls, glintr100_name) -> io.NodeOutput:
+        sd, path = _load(STABLEANIMATOR, glintr100_name)
+        # kept out of ComfyUI's model management: refinement needs it with gradients (see docs)
+        net = IResNet.from_state_dict(sd, source=path)
+        logger.info("ArcFace iresnet from %s: blocks %s", path, [len(getattr(net, f"layer{i}")) for i in range(1, net.num_layers + 1)])
+        return io.NodeOutput(net)
+
+
+class LoadSVDBase(io.ComfyNode):
+    """Loads the VAE and CLIP-H image encoder from ComfyUI's svd_xt.safetensors, skipping its UNet.
+
+    Same detection as ComfyUI's Image Only Checkpoint Loader, without building the 1.5 B-parameter
+    SVD UNet that StableAnimator replaces anyway.
+    """
+
+    @classmethod
+    def define_schema(cls):
+        files = folder_paths.get_filename_list("checkpoints")
+        default = next((f for f in files if "svd_xt" in f), files[0] if files else None)
+        return io.Schema(
+            node_id="IDA_LoadSVDBase",
+            display_name="Load SVD-xt VAE + CLIP Vision",
+            category=types.CAT_LOADERS,
+            description=cls.__doc__.strip(),
+            inputs=[io.Combo.Input("ckpt_name", options=files, default=default,
+                                   tooltip="svd_xt.safetensors (Stable Video Diffusion img2vid-xt) in ComfyUI/models/checkpoints.")],
+            outputs=[
+                io.ClipVision.Output(display_name="clip_vision", tooltip="OpenCLIP ViT-H/14 image encoder of SVD-xt."),
+                io.Vae.Output(display_name="vae", tooltip="SVD-xt VAE with the temporal decoder."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, ckpt_name) -> io.NodeOutput:
+        path = folder_paths.get_full_path_or_raise("checkpoints", ckpt_name)
+        sd, metadata = comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True)
+        out = comfy.sd.load_state_dict_guess_config(sd, output_vae=True, output_clip=False, output_clipvision=True,
+                                                    output_model=False, metadata=metadata)
+        if out is None or out[3] is None or out[2] is None:
+            raise CheckpointError(
+                f"{path} is not an SVD img2vid checkpoint with a VAE and CLIP image encoder. "
+                "Use svd_xt.safetensors from stabilityai/stable-video-diffusion-img2vid-xt."
+            )
+        return io.NodeOutput(out[3], out[2])
+
+
+NODES = [LoadAnimationUNet, LoadPoseNet, LoadFaceEncoder, LoadArcFace, LoadSVDBase]

@@ -1,0 +1,233 @@
+"""Random-weight checkpoints in the official layouts, for tests and the offline demo.
+
+* ``write_stableanimator_set``: ``unet.pth``, ``pose_net.pth``, ``face_encoder.pth``,
+  ``glintr100_torch.pth`` with exactly the official key names (checked against
+  ``shared/reference/stableanimator_checkpoint_keys.json`` by the tests) and small channel counts.
+  The UNet keeps the official block structure (4 levels, 2 layers per block, 16 ID-adapter pairs)
+  and the official 1024-wide cross-attention, so it accepts SVD-xt's real CLIP-H image embedding.
+* ``write_svd_xt``: a checkpoint that ComfyUI's own ImageOnlyCheckpointLoader accepts. ComfyUI builds
+  SVD's VAE and CLIP-H from fixed configs, so those two are **real size** (random fp16 weights);
+  the UNet is the smallest one ComfyUI still detects as SVD img2vid (320 channels on every level).
+
+Every tensor is drawn from a seeded generator, norms and biases included, so that swapping two
+same-shaped tensors in a conversion changes the outputs.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+
+FACTORY_VERSION = "1"
+
+TINY_UNET = dict(
+    sample_size=8,
+    in_channels=8,
+    out_channels=4,
+    down_block_types=("CrossAttnDownBlockSpatioTemporal",) * 3 + ("DownBlockSpatioTemporal",),
+    up_block_types=("UpBlockSpatioTemporal",) + ("CrossAttnUpBlockSpatioTemporal",) * 3,
+    block_out_channels=(64, 128, 128, 128),
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=768,
+    layers_per_block=2,
+    cross_attention_dim=1024,
+    num_attention_heads=(1, 2, 2, 2),
+    num_frames=16,
+)
+TINY_POSE_NET = [(3, 3, 3), (3, 16, 4), (16, 16, 3), (16, 32, 4), (32, 32, 3), (32, 64, 4), (64, 64, 3), (64, 128, 3)]
+TINY_FACE_ENCODER = dict(id_dim=512, id_hidden=64, cross_dim=1024, num_tokens=4, clip_dim=1024, depth=4, inner=64, ff_hidden=64)
+TINY_IRESNET = dict(blocks=[3, 13, 30, 3], widths=[8, 8, 16, 16], embedding_dim=512, feature_hw=7)
+
+
+def randomize_(sd: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """Fill every floating tensor in place with seeded values of a sensible scale."""
+    g = torch.Generator().manual_seed(seed)
+    for name, t in sd.items():
+        if not t.is_floating_point():
+            continue
+        if name.endswith("running_var"):
+            val = torch.rand(t.shape, generator=g) + 0.5
+        elif t.ndim <= 1 and ("norm" in name or "bn" in name or name.endswith(("features.weight", "ln.weight"))) and name.endswith("weight"):
+            val = 1.0 + 0.1 * torch.randn(t.shape, generator=g)
+        elif t.ndim <= 1:
+            val = 0.1 * torch.randn(t.shape, generator=g)
+        else:
+            fan_in = max(1, t[0].numel())
+            val = torch.randn(t.shape, generator=g) / math.sqrt(fan_in)
+        t.copy_(val.to(t.dtype))
+    return sd
+
+
+def tiny_unet_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """diffusers UNetSpatioTemporalConditionModel keys + the 32 ID-adapter tensors, tiny sizes."""
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    unet = UNetSpatioTemporalConditionModel(**TINY_UNET)
+    sd = {k: v.detach().clone() for k, v in unet.state_dict().items()}
+    for name, module in unet.named_modules():
+        if name.endswith("transformer_blocks.0.attn2") and "temporal" not in name:
+            inner = module.to_k.weight.shape[0]
+            for kv in ("k", "v"):
+                sd[f"{name}.processor.id_to_{kv}.weight"] = torch.empty(inner, TINY_UNET["cross_attention_dim"])
+    return randomize_(sd, seed)
+
+
+def tiny_pose_net_state_dict(seed: int = 1, out_channels: int = TINY_UNET["block_out_channels"][0]):
+    sd = {}
+    for i, (cin, cout, k) in enumerate(TINY_POSE_NET):
+        sd[f"conv_layers.{2 * i}.weight"] = torch.empty(cout, cin, k, k)
+        sd[f"conv_layers.{2 * i}.bias"] = torch.empty(cout)
+    sd["final_proj.weight"] = torch.empty(out_channels, TINY_POSE_NET[-1][1], 1, 1)
+    sd["final_proj.bias"] = torch.empty(out_channels)
+    sd["scale"] = torch.empty(1)
+    randomize_(sd, seed)
+    sd["scale"].fill_(2.0)
+    return sd
+
+
+def tiny_face_encoder_state_dict(seed: int = 2):
+    c = TINY_FACE_ENCODER
+    sd = {
+        "proj.0.weight": torch.empty(c["id_hidden"], c["id_dim"]), "proj.0.bias": torch.empty(c["id_hidden"]),
+        "proj.2.weight": torch.empty(c["cross_dim"] * c["num_tokens"], c["id_hidden"]),
+        "proj.2.bias": torch.empty(c["cross_dim"] * c["num_tokens"]),
+        "norm.weight": torch.empty(c["cross_dim"]), "norm.bias": torch.empty(c["cross_dim"]),
+        "fusion_model.proj_in.weight": torch.empty(c["cross_dim"], c["clip_dim"]),
+        "fusion_model.proj_in.bias": torch.empty(c["cross_dim"]),
+        "fusion_model.proj_out.weight": torch.empty(c["cross_dim"], c["cross_dim"]),
+        "fusion_model.proj_out.bias": torch.empty(c["cross_dim"]),
+        "fusion_model.norm_out.weight": torch.empty(c["cross_dim"]),
+        "fusion_model.norm_out.bias": torch.empty(c["cross_dim"]),
+    }
+    d, inner, ff = c["cross_dim"], c["inner"], c["ff_hidden"]
+    for l in range(c["depth"]):
+        p = f"fusion_model.layers.{l}"
+        for n in ("norm1", "norm2"):
+            sd[f"{p}.0.{n}.weight"], sd[f"{p}.0.{n}.bias"] = torch.empty(d), torch.empty(d)
+        sd[f"{p}.0.to_q.weight"] = torch.empty(inner, d)
+        sd[f"{p}.0.to_kv.weight"] = torch.empty(2 * inner, d)
+        sd[f"{p}.0.to_out.weight"] = torch.empty(d, inner)
+        sd[f"{p}.1.0.weight"], sd[f"{p}.1.0.bias"] = torch.empty(d), torch.empty(d)
+        sd[f"{p}.1.1.weight"] = torch.empty(ff, d)
+        sd[f"{p}.1.3.weight"] = torch.empty(d, ff)
+    return randomize_(sd, seed)
+
+
+def tiny_iresnet_state_dict(seed: int = 3):
+    c = TINY_IRESNET
+    sd = {}
+
+    def bn(prefix, n):
+        sd.update({f"{prefix}.weight": torch.empty(n), f"{prefix}.bias": torch.empty(n),
+                   f"{prefix}.running_mean": torch.empty(n), f"{prefix}.running_var": torch.empty(n),
+                   f"{prefix}.num_batches_tracked": torch.tensor(0, dtype=torch.long)})
+
+    w0 = c["widths"][0]
+    sd["conv1.weight"] = torch.empty(w0, 3, 3, 3)
+    bn("bn1", w0)
+    sd["prelu.weight"] = torch.empty(w0)
+    inplanes = w0
+    for i, (n, planes) in enumerate(zip(c["blocks"], c["widths"]), start=1):
+        for b in range(n):
+            p = f"layer{i}.{b}"
+            cin = inplanes if b == 0 else planes
+            bn(f"{p}.bn1", cin)
+            sd[f"{p}.conv1.weight"] = torch.empty(planes, cin, 3, 3)
+            bn(f"{p}.bn2", planes)
+            sd[f"{p}.prelu.weight"] = torch.empty(planes)
+            sd[f"{p}.conv2.weight"] = torch.empty(planes, planes, 3, 3)
+            bn(f"{p}.bn3", planes)
+            if b == 0:
+                sd[f"{p}.downsample.0.weight"] = torch.empty(planes, cin, 1, 1)
+                bn(f"{p}.downsample.1", planes)
+        inplanes = planes
+    bn("bn2", inplanes)
+    sd["fc.weight"] = torch.empty(c["embedding_dim"], inplanes * c["feature_hw"] ** 2)
+    sd["fc.bias"] = torch.empty(c["embedding_dim"])
+    bn("features", c["embedding_dim"])
+    randomize_(sd, seed)
+    for k in [k for k in sd if k.endswith("prelu.weight")]:
+        sd[k].fill_(0.25)
+    return sd
+
+
+def write_stableanimator_set(folder, seed: int = 0) -> dict[str, Path]:
+    """Write the four official-layout ``.pth`` files into ``folder``; returns their paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "unet.pth": tiny_unet_state_dict(seed),
+        "pose_net.pth": tiny_pose_net_state_dict(seed + 1),
+        "face_encoder.pth": tiny_face_encoder_state_dict(seed + 2),
+        "glintr100_torch.pth": tiny_iresnet_state_dict(seed + 3),
+    }
+    out = {}
+    for name, sd in files.items():
+        torch.save(sd, folder / name)
+        out[name] = folder / name
+    return out
+
+
+# --- SVD-xt base -------------------------------------------------------------------------------
+
+SVD_MIN_UNET = dict(
+    use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
+    num_classes="sequential", adm_in_channels=768, in_channels=8, model_channels=320, num_res_blocks=[2, 2, 2, 2],
+    transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], channel_mult=[1, 1, 1, 1], transformer_depth_middle=1,
+    use_linear_in_transformer=True, context_dim=1024, num_head_channels=64, transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+    use_temporal_attention=True, use_temporal_resblock=True, extra_ff_mix_layer=True, use_spatial_context=True,
+    merge_strategy="learned_with_images", merge_factor=0.0, video_kernel_size=[3, 1, 1], disable_temporal_crossattention=False,
+    max_ddpm_temb_period=10000, num_heads=-1,
+)
+VAE_CONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+              "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
+
+
+def _meta_shapes_svd_xt() -> dict[str, torch.Size]:
+    """Tensor names and shapes of an SVD-xt checkpoint, read off ComfyUI's own modules on ``meta``."""
+    import comfy.clip_model
+    import comfy.ldm.models.autoencoder as ae
+    import comfy.ldm.modules.diffusionmodules.openaimodel as oai
+    import comfy.ops
+    import comfy.clip_vision
+
+    shapes = {}
+    unet = oai.UNetModel(**SVD_MIN_UNET, device="meta", operations=comfy.ops.disable_weight_init)
+    shapes.update({f"model.diffusion_model.{k}": v.shape for k, v in unet.state_dict().items()})
+    dec = dict(VAE_CONFIG, video_kernel_size=[3, 1, 1], alpha=0.0)
+    with torch.device("meta"):
+        vae = ae.AutoencodingEngine(
+            regularizer_config={"target": "comfy.ldm.models.autoencoder.DiagonalGaussianRegularizer"},
+            encoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Encoder", "params": VAE_CONFIG},
+            decoder_config={"target": "comfy.ldm.modules.temporal_ae.VideoDecoder", "params": dec})
+    shapes.update({f"first_stage_model.{k}": v.shape for k, v in vae.state_dict().items()})
+    cfg = json.load(open(os.path.join(os.path.dirname(comfy.clip_vision.__file__), "clip_vision_config_h.json")))
+    clip = comfy.clip_model.CLIPVisionModelProjection(cfg, torch.float16, "meta", comfy.ops.manual_cast)
+    prefix = "conditioner.embedders.0.open_clip.model.visual."
+    shapes.update({prefix + k: v.shape for k, v in clip.state_dict().items()})
+    return shapes
+
+
+def write_svd_xt(path, seed: int = 7) -> Path:
+    """Random fp16 SVD-xt checkpoint (real-size VAE and CLIP-H, minimal 320-channel UNet)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shapes = _meta_shapes_svd_xt()
+    sd = {k: torch.empty(s, dtype=torch.float16) for k, s in shapes.items()}
+    randomize_(sd, seed)
+    tmp = path.with_suffix(".partial")
+    save_file(sd, str(tmp), metadata={"ida_test_factory": FACTORY_VERSION})
+    os.replace(tmp, path)
+    return path
+
+
+def cached_svd_xt(cache_dir) -> Path:
+    """The SVD-xt test checkpoint, built once per factory version (about 1.5 GB)."""
+    return write_svd_xt(Path(cache_dir) / f"svd_xt_random_v{FACTORY_VERSION}.safetensors")
