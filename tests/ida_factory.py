@@ -29,12 +29,12 @@ TINY_UNET = dict(
     out_channels=4,
     down_block_types=("CrossAttnDownBlockSpatioTemporal",) * 3 + ("DownBlockSpatioTemporal",),
     up_block_types=("UpBlockSpatioTemporal",) + ("CrossAttnUpBlockSpatioTemporal",) * 3,
-    block_out_channels=(64, 128, 128, 128),
+    block_out_channels=(64, 128, 256, 256),
     addition_time_embed_dim=256,
     projection_class_embeddings_input_dim=768,
     layers_per_block=2,
     cross_attention_dim=1024,
-    num_attention_heads=(1, 2, 2, 2),
+    num_attention_heads=(1, 2, 4, 4),
     num_frames=16,
 )
 TINY_POSE_NET = [(3, 3, 3), (3, 16, 4), (16, 16, 3), (16, 32, 4), (32, 32, 3), (32, 64, 4), (64, 64, 3), (64, 128, 3)]
