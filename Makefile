@@ -1,0 +1,21 @@
+# Identity Animator - developer commands. Everything runs in .venv against the ComfyUI in
+# .host/ComfyUI (built offline by `make setup`) or the one named by COMFYUI_DIR.
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup test demo convert clean
+
+setup:
+	bash tools/setup_host.sh
+
+test: setup
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) tools/demo.py
+
+convert: setup
+	$(PY) tools/convert_checkpoints.py $(FILES)
+
+clean:
+	rm -rf .host .venv .cache test-artifacts

@@ -1,0 +1,65 @@
+"""Packaging rules: requirements mirror pyproject, models/ stays pure torch, importing the pack has
+no side effects, every official weight is loaded safely."""
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+import tomllib
+
+from conftest import ROOT
+
+
+def test_requirements_match_pyproject():
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    reqs = [l.strip() for l in (ROOT / "requirements.txt").read_text().splitlines() if l.strip() and not l.startswith("#")]
+    assert reqs == deps
+
+
+def test_tool_comfy_metadata():
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["comfy"]
+    assert meta["requires-comfyui"] == ">=0.3.75" and meta["DisplayName"] and meta["PublisherId"]
+
+
+def test_models_package_imports_no_comfyui():
+    banned = {"comfy", "comfy_api", "folder_paths", "server", "nodes", "comfy_extras"}
+    for path in (ROOT / "models").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            for name in names:
+                assert name.split(".")[0] not in banned, f"{path.name} imports {name}"
+
+
+def test_importing_the_pack_has_no_side_effects():
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('pack', {str(ROOT / '__init__.py')!r}, "
+        f"submodule_search_locations=[{str(ROOT)!r}])\n"
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+        "heavy = [n for n in ('torch', 'comfy', 'folder_paths', 'onnxruntime', 'insightface') if n in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "assert m.WEB_DIRECTORY == './web' and callable(m.comfy_entrypoint)\n"
+        "assert not hasattr(m, 'NODE_CLASS_MAPPINGS')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_no_unsafe_torch_load_and_no_print():
+    for folder in ("models", "nodes"):
+        for path in (ROOT / folder).rglob("*.py"):
+            text = path.read_text()
+            for call in re.findall(r"torch\.load\([^)]*\)", text):
+                assert "weights_only=True" in call, f"{path.name}: {call}"
+            assert not re.search(r"^\s*print\(", text, re.M), f"print() in {path.name}"
+            assert "strict=False" not in text
+
+
+def test_every_node_has_a_help_page(comfy_folders):
+    from identity_animator.nodes import loaders
+
+    for node in loaders.NODES:
+        node_id = node.define_schema().node_id
+        page = ROOT / "web" / "docs" / f"{node_id}.md"
+        assert page.is_file(), f"missing help page {page.name}"

@@ -1,0 +1,101 @@
+"""The pack inside a real ComfyUI server (``main.py --cpu`` on loopback): node registration, model
+folders (including extra_model_paths.yaml), the example workflow through /prompt and /ws, and
+readable errors for wrong files."""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import COMFY_DIR, ROOT
+from ida_server import ComfyServer
+
+WORKFLOW = ROOT / "workflows" / "api" / "animation_unet_svd_preview.json"
+OUR_NODES = {"IDA_LoadAnimationUNet", "IDA_LoadPoseNet", "IDA_LoadFaceEncoder", "IDA_LoadArcFace", "IDA_LoadSVDBase"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_set, svd_xt_file):
+    base = tmp_path_factory.mktemp("comfy-base")
+    models = base / "models"
+    (models / "stableanimator").mkdir(parents=True)
+    for name, path in tiny_set.items():
+        shutil.copy(path, models / "stableanimator" / name)
+    (models / "checkpoints").mkdir()
+    (models / "checkpoints" / "svd_xt.safetensors").symlink_to(svd_xt_file)
+    (models / "dwpose").mkdir()
+    (models / "dwpose" / "yolox_l.onnx").write_bytes(b"listed, never loaded here")
+    (models / "dwpose" / "notes.txt").write_text("not a model")
+    extra = tmp_path_factory.mktemp("extra-models")
+    (extra / "sa").mkdir()
+    shutil.copy(tiny_set["unet.pth"], extra / "sa" / "unet_from_yaml.pth")
+    yaml = extra / "extra_model_paths.yaml"
+    yaml.write_text(f"identity_animator_test:\n  base_path: {extra}\n  stableanimator: sa\n")
+    from PIL import Image
+
+    (base / "input").mkdir()
+    Image.new("RGB", (80, 64), (120, 60, 30)).save(base / "input" / "reference.png")
+    with ComfyServer(COMFY_DIR, base, extra_args=["--extra-model-paths-config", str(yaml)]) as srv:
+        yield srv
+
+
+def tiny_prompt(**unet_inputs) -> dict:
+    prompt = json.loads(WORKFLOW.read_text())
+    prompt["4"]["inputs"].update(width=64, height=64, video_frames=3)
+    prompt["6"]["inputs"]["steps"] = 2
+    prompt["3"]["inputs"].update(unet_inputs)
+    return prompt
+
+
+def test_nodes_are_registered_with_tooltips(server):
+    info = server.client.get_json("/object_info")
+    assert OUR_NODES <= set(info), f"missing: {OUR_NODES - set(info)}\n{server.import_failures()}"
+    for node_id in OUR_NODES:
+        node = info[node_id]
+        assert node["category"].startswith("Identity Animator/")
+        assert node["description"]
+        for name, spec in node["input"]["required"].items():
+            assert spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+        assert all(node["output_tooltips"]), f"{node_id} has an output without tooltip"
+    assert "IMPORT FAILED" not in "\n".join(l for l in server.log().splitlines() if "identity-animator" in l)
+
+
+def test_model_folders_include_yaml_paths_and_onnx(server):
+    sa = server.client.get_json("/models/stableanimator")
+    assert {"unet.pth", "pose_net.pth", "face_encoder.pth", "glintr100_torch.pth", "unet_from_yaml.pth"} <= set(sa)
+    assert server.client.get_json("/models/dwpose") == ["yolox_l.onnx"]
+    combo = server.client.get_json("/object_info/IDA_LoadAnimationUNet")["IDA_LoadAnimationUNet"]["input"]["required"]["unet_name"]
+    assert "unet_from_yaml.pth" in combo[1]["options"]
+
+
+def test_example_workflow_runs_through_the_server(server):
+    result = server.client.run(tiny_prompt(), timeout=600)
+    assert result.status == "success", result.error
+    types = result.event_types()
+    assert "execution_start" in types and "progress" in types
+    executed = {e["data"]["node"] for e in result.events if e["type"] == "executed"}
+    assert "8" in executed
+    images = result.outputs["8"]["images"]
+    out = server.base_dir / "output" / images[0]["subfolder"] / images[0]["filename"]
+    assert out.is_file() and out.stat().st_size > 0
+    from PIL import Image
+
+    with Image.open(out) as im:
+        assert im.n_frames == 3 and im.size == (64, 64)
+
+
+def test_unet_from_yaml_folder_loads(server):
+    result = server.client.run(tiny_prompt(unet_name="unet_from_yaml.pth", weight_dtype="fp32"), timeout=600)
+    assert result.status == "success", result.error
+
+
+def test_wrong_file_in_unet_slot_gives_a_readable_error(server):
+    result = server.client.run(tiny_prompt(unet_name="pose_net.pth"), timeout=300)
+    assert result.status == "error"
+    assert result.error["node_type"] == "IDA_LoadAnimationUNet"
+    assert "PoseNet or Face Encoder file, not the Animation UNet" in result.error["exception_message"]
+    # the server stays healthy: the next prompt runs
+    assert server.client.run(tiny_prompt(), timeout=600).status == "success"
