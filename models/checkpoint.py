@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 
@@ -59,10 +60,16 @@ def _load_pickle_weights_only(path: str) -> dict[str, torch.Tensor]:
         # mmap keeps a 6 GB unet.pth from being read into memory twice
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip_checkpoint(path))
     except pickle.UnpicklingError as exc:
+        global_ref = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if global_ref is None:  # not a pickle of code, just not a pickle
+            raise CheckpointError(
+                f"Could not read {path}: it is not a torch checkpoint, or it is damaged "
+                f"(size {os.path.getsize(path):,} bytes). Download it again."
+            ) from exc
         raise CheckpointError(
-            f"Refused to load {path}: it needs code execution to unpickle ({_first_line(exc)}). "
-            "Only plain tensor state dicts are loaded. Use the official file, or re-save it as a "
-            "state dict of tensors (torch.save(model.state_dict(), ...))."
+            f"Refused to load {path}: it needs code execution to unpickle (it references "
+            f"{global_ref.group(1)}). Only plain tensor state dicts are loaded. Use the official file, "
+            "or re-save it as a state dict of tensors (torch.save(model.state_dict(), ...))."
         ) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
         raise CheckpointError(

@@ -86,3 +86,39 @@ def test_svd_base_loader_uses_comfyui_detection(comfy_folders, svd_xt_file):
     assert type(vae.first_stage_model.decoder).__name__ == "VideoDecoder"
     emb = clip_vision.encode_image(torch.rand(1, 64, 64, 3), crop=False).image_embeds
     assert emb.shape == (1, 1024)
+
+
+def test_comfyui_image_only_checkpoint_loader_accepts_the_test_svd_xt(comfy_folders, svd_xt_file):
+    import folder_paths
+    from comfy_extras.nodes_video_model import ImageOnlyCheckpointLoader
+
+    ckpts = comfy_folders / "checkpoints"
+    ckpts.mkdir(exist_ok=True)
+    if not (ckpts / "svd_xt.safetensors").exists():
+        (ckpts / "svd_xt.safetensors").symlink_to(svd_xt_file)
+    folder_paths.folder_names_and_paths["checkpoints"] = ([str(ckpts)], folder_paths.supported_pt_extensions)
+    folder_paths.filename_list_cache.clear()
+    model, clip_vision, vae = ImageOnlyCheckpointLoader().load_checkpoint("svd_xt.safetensors")
+    assert type(model.model).__name__ == "SVD_img2vid"
+    assert clip_vision is not None and vae is not None
+
+
+def test_convert_command(tiny_set, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    src = tmp_path / "face_encoder.pth"
+    shutil.copy(tiny_set["face_encoder.pth"], src)
+    bad = tmp_path / "broken.pth"
+    bad.write_bytes(b"not a checkpoint")
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "convert_checkpoints.py"), str(src), str(bad)],
+                          capture_output=True, text=True)
+    assert done.returncode == 1  # one of the two failed, and it says which and why
+    assert "broken.pth" in done.stderr and "not a torch checkpoint" in done.stderr
+    out = tmp_path / "face_encoder.safetensors"
+    assert out.is_file()
+    a, b = load_state_dict(str(src)), load_state_dict(str(out))
+    assert all(torch.equal(a[k], b[k]) for k in a) and set(a) == set(b)
