@@ -1,0 +1,133 @@
+"""Pose keypoints: the pack's in-memory form and the ``POSE_KEYPOINT`` format of comfyui_controlnet_aux.
+
+``POSE_KEYPOINT`` is a list with one dict per frame::
+
+    {"people": [{"pose_keypoints_2d": [x, y, c] * 18,        # OpenPose-18 body, neck at index 1
+                 "face_keypoints_2d": [x, y, c] * 70 | None, # 68 face points + the two eyes
+                 "hand_left_keypoints_2d": [x, y, c] * 21 | None,
+                 "hand_right_keypoints_2d": [x, y, c] * 21 | None}, ...],
+     "canvas_height": H, "canvas_width": W}
+
+Coordinates are pixels of the canvas. controlnet_aux writes ``c = 1.0`` for a detected point and
+``0, 0, 0`` for a missing one, and its readers drop any point with ``c < 1``. To stay readable by
+them we write the same, and keep the real detector scores (which the official skeleton drawing
+uses) in an extra per-person key ``"ida_scores"`` that other packs ignore. Points in ``[0, 1]``
+are read as normalised coordinates (the OpenPose node writes those).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+BODY, FACE, HAND = 18, 68, 21
+SCORE_KEY = "ida_scores"
+PARTS = (("body", "pose_keypoints_2d", BODY), ("face", "face_keypoints_2d", FACE),
+         ("hand_left", "hand_left_keypoints_2d", HAND), ("hand_right", "hand_right_keypoints_2d", HAND))
+
+
+@dataclass
+class Person:
+    """Normalised ``[N, 2]`` coordinates and ``[N]`` scores per part; a missing part is ``None``."""
+
+    body: np.ndarray
+    body_score: np.ndarray
+    face: np.ndarray | None = None
+    face_score: np.ndarray | None = None
+    hand_left: np.ndarray | None = None
+    hand_left_score: np.ndarray | None = None
+    hand_right: np.ndarray | None = None
+    hand_right_score: np.ndarray | None = None
+
+    def parts(self):
+        for name, _, _ in PARTS:
+            yield name, getattr(self, name), getattr(self, f"{name}_score")
+
+    def mapped(self, fn) -> "Person":
+        """A copy with ``fn`` applied to every part's coordinates (scores kept)."""
+        out = {}
+        for name, xy, sc in self.parts():
+            out[name] = None if xy is None else fn(xy.copy())
+            out[f"{name}_score"] = None if sc is None else sc.copy()
+        return Person(**out)
+
+
+@dataclass
+class PoseFrame:
+    width: int
+    height: int
+    people: list[Person] = field(default_factory=list)
+
+
+def _flat(xy, score, size, threshold) -> list[float] | None:
+    if xy is None:
+        return None
+    w, h = size
+    out = []
+    for (x, y), s in zip(xy, score):
+        out += [float(x * w), float(y * h), 1.0] if s > threshold else [0.0, 0.0, 0.0]
+    return out
+
+
+def to_pose_keypoint(frames: list[PoseFrame], threshold: float = 0.3) -> list[dict]:
+    """Our frames -> controlnet_aux ``POSE_KEYPOINT`` (pixels, c in {0, 1}) plus real scores."""
+    out = []
+    for fr in frames:
+        people = []
+        for p in fr.people:
+            d = {key: _flat(getattr(p, name), getattr(p, f"{name}_score"), (fr.width, fr.height), threshold)
+                 for name, key, _ in PARTS}
+            if d["face_keypoints_2d"] is not None:
+                # controlnet_aux's 70-point face: the 68 landmarks, then the right and left eye
+                d["face_keypoints_2d"] += d["pose_keypoints_2d"][14 * 3:16 * 3]
+            d[SCORE_KEY] = {name: None if getattr(p, f"{name}_score") is None else
+                            [round(float(s), 4) for s in getattr(p, f"{name}_score")] for name, _, _ in PARTS}
+            people.append(d)
+        out.append({"people": people, "canvas_height": int(fr.height), "canvas_width": int(fr.width)})
+    return out
+
+
+class PoseFormatError(ValueError):
+    """A POSE_KEYPOINT value does not have the expected structure."""
+
+
+def _part(flat, n, size, scores) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if flat is None:
+        return None, None
+    arr = np.asarray(flat, dtype=float)
+    if arr.size % 3:
+        raise PoseFormatError(f"A keypoint list has {arr.size} numbers, not a multiple of 3 (x, y, c).")
+    arr = arr.reshape(-1, 3)[:n]
+    if len(arr) < n:
+        arr = np.concatenate([arr, np.zeros((n - len(arr), 3))])
+    present = arr[:, 2] > 0
+    xy = arr[:, :2].copy()
+    if present.any() and np.abs(xy[present]).max() > 1.0:  # pixels -> normalised
+        xy = xy / np.array(size, float)
+    score = arr[:, 2].copy() if scores is None else np.asarray(scores, float)[:n]
+    score = np.where(present, score, 0.0)
+    return xy, score
+
+
+def from_pose_keypoint(value) -> list[PoseFrame]:
+    """controlnet_aux ``POSE_KEYPOINT`` (one dict or a list of them) -> our frames."""
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise PoseFormatError("POSE_KEYPOINT must be a non-empty list of per-frame dicts.")
+    frames = []
+    for i, d in enumerate(value):
+        if not isinstance(d, dict) or "people" not in d or "canvas_width" not in d or "canvas_height" not in d:
+            raise PoseFormatError(f"Frame {i} is not an OpenPose dict with people/canvas_width/canvas_height.")
+        size = (int(d["canvas_width"]), int(d["canvas_height"]))
+        people = []
+        for p in d["people"]:
+            scores = p.get(SCORE_KEY) or {}
+            kw = {}
+            for name, key, n in PARTS:
+                kw[name], kw[f"{name}_score"] = _part(p.get(key), n, size, scores.get(name))
+            if kw["body"] is None:
+                kw["body"], kw["body_score"] = np.zeros((BODY, 2)), np.zeros(BODY)
+            people.append(Person(**kw))
+        frames.append(PoseFrame(size[0], size[1], people))
+    return frames

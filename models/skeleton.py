@@ -1,0 +1,104 @@
+"""Skeleton images drawn the way StableAnimator drew its training poses (PoseNet was trained on them).
+
+Facts (official ``DWPose/skeleton_extraction.py``): the canvas is the target size scaled so its short
+side is 2160 px; per person, the first 17 of the 19 OpenPose limbs as filled ellipses of half-width
+4 px, colour x (score_a x score_b), skipped when either score < 0.3; then the whole canvas x 0.6;
+then joints (score > 0.3) as radius-4 discs coloured x score; hands (20 edges, 2 px lines in HSV
+hues x score_a x score_b x 255, radius-4 points (0, 0, score x 255)); face points (radius 3,
+grey = score x 255); finally a bilinear resize to the target size. Values are RGB with the
+palette's literal triples (limb 0 is red), as in the saved PNGs.
+"""
+from __future__ import annotations
+
+import colorsys
+
+import numpy as np
+
+from .keypoints import Person
+
+LIMBS = [(1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10), (1, 11), (11, 12), (12, 13),
+         (1, 0), (0, 14), (14, 16), (0, 15), (15, 17), (2, 16), (5, 17)]  # 0-based; the last two are never drawn
+DRAWN_LIMBS = 17
+COLORS = [(255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0), (85, 255, 0), (0, 255, 0),
+          (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255), (0, 0, 255), (85, 0, 255),
+          (170, 0, 255), (255, 0, 255), (255, 0, 170), (255, 0, 85)]
+HAND_EDGES = [(0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (0, 9), (9, 10), (10, 11), (11, 12),
+              (0, 13), (13, 14), (14, 15), (15, 16), (0, 17), (17, 18), (18, 19), (19, 20)]
+STICK_WIDTH = 4
+LIMB_DIM = 0.6
+VISIBLE = 0.3
+EPS = 0.01
+CANVAS_SHORT_SIDE = 2160
+
+
+def canvas_size(width: int, height: int) -> tuple[int, int]:
+    short = min(width, height)
+    ratio = CANVAS_SHORT_SIDE / short if short != CANVAS_SHORT_SIDE else 1
+    return int(width * ratio), int(height * ratio)
+
+
+def _draw_body(canvas, people: list[Person]) -> np.ndarray:
+    import cv2
+
+    h, w = canvas.shape[:2]
+    for p in people:
+        xy, sc = p.body, p.body_score
+        for i in range(DRAWN_LIMBS):
+            a, b = LIMBS[i]
+            if sc[a] < VISIBLE or sc[b] < VISIBLE:
+                continue
+            px, py = xy[[a, b], 0] * w, xy[[a, b], 1] * h
+            length = float(np.hypot(px[0] - px[1], py[0] - py[1]))
+            angle = np.degrees(np.arctan2(py[0] - py[1], px[0] - px[1]))
+            poly = cv2.ellipse2Poly((int(px.mean()), int(py.mean())), (int(length / 2), STICK_WIDTH), int(angle), 0, 360, 1)
+            cv2.fillConvexPoly(canvas, poly, [int(c * sc[a] * sc[b]) for c in COLORS[i]])
+    canvas = (canvas * LIMB_DIM).astype(np.uint8)
+    for p in people:
+        for i in range(len(COLORS)):
+            if p.body_score[i] > VISIBLE:
+                x, y = int(p.body[i, 0] * w), int(p.body[i, 1] * h)
+                cv2.circle(canvas, (x, y), 4, [int(c * p.body_score[i]) for c in COLORS[i]], thickness=-1)
+    return canvas
+
+
+def _draw_hand(canvas, xy: np.ndarray, score: np.ndarray) -> None:
+    import cv2
+
+    h, w = canvas.shape[:2]
+    pts = [(int(x * w), int(y * h)) for x, y in xy]
+    for ie, (a, b) in enumerate(HAND_EDGES):
+        (x1, y1), (x2, y2) = pts[a], pts[b]
+        if min(x1, y1, x2, y2) > EPS:
+            hue = np.array(colorsys.hsv_to_rgb(ie / len(HAND_EDGES), 1.0, 1.0))
+            cv2.line(canvas, (x1, y1), (x2, y2), hue * int(score[a] * score[b] * 255), thickness=2)
+    for (x, y), s in zip(pts, score):
+        if x > EPS and y > EPS:
+            cv2.circle(canvas, (x, y), 4, (0, 0, int(s * 255)), thickness=-1)
+
+
+def _draw_face(canvas, xy: np.ndarray, score: np.ndarray) -> None:
+    import cv2
+
+    h, w = canvas.shape[:2]
+    for (x, y), s in zip(xy, score):
+        x, y = int(x * w), int(y * h)
+        if x > EPS and y > EPS:
+            g = int(s * 255)
+            cv2.circle(canvas, (x, y), 3, (g, g, g), thickness=-1)
+
+
+def draw_skeleton(people: list[Person], width: int, height: int) -> np.ndarray:
+    """``[height, width, 3]`` uint8 RGB pose image of ``people`` (normalised coordinates)."""
+    import cv2
+
+    cw, ch = canvas_size(width, height)
+    canvas = np.zeros((ch, cw, 3), dtype=np.uint8)
+    canvas = _draw_body(canvas, people)
+    for p in people:
+        for xy, sc in ((p.hand_left, p.hand_left_score), (p.hand_right, p.hand_right_score)):
+            if xy is not None:
+                _draw_hand(canvas, xy, sc)
+    for p in people:
+        if p.face is not None:
+            _draw_face(canvas, p.face, p.face_score)
+    return cv2.resize(canvas, (width, height))
