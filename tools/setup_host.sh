@@ -16,7 +16,7 @@ VENV="${VENV:-$ROOT/.venv}"
 HOST_DIR="$ROOT/.host"
 COMFY="${COMFYUI_DIR:-$HOST_DIR/ComfyUI}"
 PACK_LINK_NAME="comfyui-identity-animator"
-STAMP="$VENV/.identity-animator-host-v1"
+STAMP="$VENV/.identity-animator-host-v2"
 PY="${PYTHON:-python3}"
 CONSTRAINTS="$ROOT/tools/constraints-cpu.txt"
 
@@ -94,6 +94,9 @@ else
 fi
 "${PIP[@]}" -c "$CONSTRAINTS" -r "$HOST_DIR/pack-requirements.txt"
 "${PIP[@]}" -c "$CONSTRAINTS" -r "$ROOT/tests/requirements.txt"
+# rtmlib is the independent DWPose pipeline the pose tests compare against; its own requirements
+# would pull CUDA onnxruntime and more, and it needs none of them beyond what is installed
+"${PIP[@]}" --no-deps rtmlib==0.0.16
 
 mkdir -p "$COMFY/custom_nodes"
 ln -sfn "$ROOT" "$COMFY/custom_nodes/$PACK_LINK_NAME"
