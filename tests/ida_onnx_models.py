@@ -41,7 +41,9 @@ class TinyYolox(nn.Module):
         self.head = nn.Conv2d(8, 85, 1)
         const = torch.zeros(1, 8400, 85)
         # logits: near-zero scores around planted boxes; a spread of scores for random outputs
-        const[..., 4:] = -6.0 if planted else -0.1
+        const[..., 4:] = -6.0
+        if not planted:  # anchors differ from each other whatever the image
+            const[..., 4:] = -1.4 + 0.8 * torch.randn(1, 8400, 81, generator=g)
         if planted:
             for cx, cy, w, h, obj, c0, c1 in PLANTED_BOXES:
                 i, gx, gy = _anchor(cx, cy, 32)

@@ -89,7 +89,11 @@ def test_parity_with_rtmlib(random_models, seed, size):
     np.testing.assert_allclose(boxes, ref_boxes, rtol=1e-5, atol=1e-3)
     kp, sc = ours.keypoints(img, boxes)
     ref_kp, ref_sc = ref_pose(img, bboxes=ref_boxes)
-    np.testing.assert_allclose(kp, ref_kp, atol=1e-3)
+    # where the official minimum of the two maxima is <= 0 the point is marked missing (-1), which
+    # rtmlib's average may not do; everywhere else the locations must agree
+    seen = sc > 0
+    assert seen.mean() > 0.5
+    np.testing.assert_allclose(kp[seen], ref_kp[seen], atol=1e-3)
     # scores are not compared: rtmlib 0.0.16 averages the x and y SimCC maxima, the official DWPose
     # code takes their minimum (pinned in test_keypoints_map_back_through_the_crop)
     assert sc.shape == ref_sc.shape
