@@ -6,9 +6,9 @@ from .folders import register_model_folders
 
 class IdentityAnimatorExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        from . import loaders
+        from . import loaders, pose
 
-        return [*loaders.NODES]
+        return [*loaders.NODES, *pose.NODES]
 
 
 def create_extension() -> IdentityAnimatorExtension:

@@ -5,6 +5,10 @@ IDAdapter = io.Custom("IDA_ID_ADAPTER")
 PoseNet = io.Custom("IDA_POSENET")
 FaceEncoder = io.Custom("IDA_FACE_ENCODER")
 ArcFace = io.Custom("IDA_ARCFACE")
+DWPose = io.Custom("IDA_DWPOSE")
+# shared with comfyui_controlnet_aux: a list of per-frame OpenPose dicts (models/keypoints.py)
+PoseKeypoint = io.Custom("POSE_KEYPOINT")
 
 CATEGORY = "Identity Animator"
 CAT_LOADERS = f"{CATEGORY}/loaders"
+CAT_POSE = f"{CATEGORY}/pose"

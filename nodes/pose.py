@@ -1,0 +1,205 @@
+"""Pose stage nodes: DWPose extraction, alignment to the reference body, official skeleton rendering."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import comfy.model_management as mm
+import comfy.utils
+from comfy_api.latest import io
+
+from ..models import keypoints as kp
+from ..models.pose_pipeline import MODES, align_video, frame_from_wholebody
+from ..models.skeleton import draw_skeleton
+from . import types
+from .folders import DWPOSE, full_path, list_files
+
+logger = logging.getLogger(__name__)
+
+LEARNABLE_CKPT = Path(__file__).resolve().parents[1] / "models" / "data" / "learnable_align_v1.safetensors"
+
+
+def _pick(files: list[str], hint: str) -> str | None:
+    return next((f for f in files if hint in f.lower()), files[0] if files else None)
+
+
+def _pose_json_ui(value: list[dict]) -> dict:
+    # same UI key as comfyui_controlnet_aux, so its readers (and ours in web/) find the keypoints
+    return {"openpose_json": [json.dumps(value)]}
+
+
+class LoadDWPose(io.ComfyNode):
+    """Loads DWPose's two ONNX models (person detector + whole-body pose) from ComfyUI/models/dwpose."""
+
+    @classmethod
+    def define_schema(cls):
+        files = list_files(DWPOSE)
+        return io.Schema(
+            node_id="IDA_LoadDWPose", display_name="Load DWPose", category=types.CAT_POSE,
+            description=cls.__doc__.strip(),
+            inputs=[
+                io.Combo.Input("detector", options=files, default=_pick(files, "yolox"),
+                               tooltip="yolox_l.onnx: the person detector."),
+                io.Combo.Input("pose_model", options=files, default=_pick(files, "dw-ll"),
+                               tooltip="dw-ll_ucoco_384.onnx: the whole-body keypoint model."),
+                io.Combo.Input("provider", options=["auto", "cuda", "cpu"], default="auto",
+                               tooltip="onnxruntime device. auto: CUDA when onnxruntime-gpu and a GPU are "
+                               "present, else CPU (the log says which)."),
+            ],
+            outputs=[types.DWPose.Output(display_name="dwpose", tooltip="DWPose models for Pose Extract.")],
+        )
+
+    @classmethod
+    def execute(cls, detector, pose_model, provider) -> io.NodeOutput:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise ImportError("DWPose needs onnxruntime: pip install onnxruntime-gpu (NVIDIA) or onnxruntime (CPU).") from exc
+        from ..models.dwpose import DWPose
+
+        wanted = {"auto": ["CUDAExecutionProvider", "CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+                  "cpu": ["CPUExecutionProvider"]}[provider]
+        if provider == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            logger.warning("DWPose: CUDA requested but this onnxruntime has no CUDA provider (install "
+                           "onnxruntime-gpu, not onnxruntime); running on CPU.")
+        net = DWPose(full_path(DWPOSE, detector), full_path(DWPOSE, pose_model), providers=wanted)
+        logger.info("DWPose loaded on %s", net.providers[0])
+        return io.NodeOutput(net)
+
+
+class DWPoseExtract(io.ComfyNode):
+    """Detects every person in every frame and returns their whole-body keypoints as POSE_KEYPOINT.
+
+    Compatible with comfyui_controlnet_aux: its DWPose node can feed the nodes here and the reverse.
+    """
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="IDA_DWPoseExtract", display_name="Pose Extract (DWPose)", category=types.CAT_POSE,
+            description=cls.__doc__.strip(),
+            inputs=[
+                types.DWPose.Input("dwpose", tooltip="From Load DWPose."),
+                io.Image.Input("images", tooltip="Driving video frames, or the reference image."),
+            ],
+            outputs=[types.PoseKeypoint.Output(display_name="pose_keypoint",
+                                               tooltip="One OpenPose dict per frame (pixels); people largest first.")],
+        )
+
+    @classmethod
+    def execute(cls, dwpose, images) -> io.NodeOutput:
+        frames = []
+        pbar = comfy.utils.ProgressBar(len(images))
+        empty = 0
+        for i, img in enumerate(images):
+            mm.throw_exception_if_processing_interrupted()
+            rgb = (img[..., :3].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+            wb = dwpose(rgb)
+            frames.append(frame_from_wholebody(wb.xy, wb.score, wb.width, wb.height))
+            empty += not frames[-1].people
+            pbar.update_absolute(i + 1, len(images))
+        if empty:
+            logger.warning("Pose Extract: no person found in %d of %d frame(s)", empty, len(images))
+        value = kp.to_pose_keypoint(frames)
+        return io.NodeOutput(value, ui=_pose_json_ui(value))
+
+
+def _load_learnable():
+    if not LEARNABLE_CKPT.is_file():
+        return None
+    from ..models.pose_align_learnable import load
+
+    return load(str(LEARNABLE_CKPT))
+
+
+class PoseAlign(io.ComfyNode):
+    """Fits the driving skeleton to the reference body once for the whole video and applies it to
+    every frame, so identity is not lost to a skeleton of the wrong size or place."""
+
+    @classmethod
+    def define_schema(cls):
+        modes = [m for m in MODES if m != "learnable" or LEARNABLE_CKPT.is_file()]
+        return io.Schema(
+            node_id="IDA_PoseAlign", display_name="Pose Align", category=types.CAT_POSE,
+            description=cls.__doc__.strip(),
+            inputs=[
+                types.PoseKeypoint.Input("reference_pose", tooltip="Keypoints of the reference image (one frame)."),
+                types.PoseKeypoint.Input("driving_pose", tooltip="Keypoints of the driving video."),
+                io.Combo.Input("mode", options=modes, default="similarity",
+                               tooltip="similarity: one scale+rotation+translation (weighted Umeyama) on stable joints. "
+                               "official: StableAnimator's scale/offset fit with the aspect-ratio fix. "
+                               "learnable: SVD-guided learnt refinement (listed only when its checkpoint ships). "
+                               "none: draw the driving poses as they are."),
+                io.Boolean.Input("allow_rotation", default=False,
+                                 tooltip="similarity only: also fit a rotation (for a tilted camera). Off keeps the body upright."),
+                io.Int.Input("fit_frames", default=8, min=0, max=10000,
+                             tooltip="Fit on the first N frames that show the followed person (0 = all). Never per frame: "
+                             "that would erase real motion."),
+                io.Int.Input("reference_person", default=0, min=0, max=32, tooltip="Which person in the reference, largest first."),
+                io.Int.Input("driving_person", default=0, min=0, max=32, tooltip="Which person to follow in the driving video, largest first."),
+            ],
+            outputs=[
+                types.PoseKeypoint.Output(display_name="aligned_pose", tooltip="Driving keypoints on the reference canvas."),
+                io.String.Output(display_name="report", tooltip="The fitted transform and the frames used."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, reference_pose, driving_pose, mode, allow_rotation, fit_frames, reference_person,
+                driving_person) -> io.NodeOutput:
+        ref = kp.from_pose_keypoint(reference_pose)
+        if len(ref) != 1:
+            logger.warning("Pose Align: the reference pose has %d frames; using the first", len(ref))
+        learnable = _load_learnable() if mode == "learnable" else None
+        frames, report = align_video(ref[0], kp.from_pose_keypoint(driving_pose), mode,
+                                     reference_person=reference_person, driving_person=driving_person,
+                                     fit_frames=fit_frames, allow_rotation=allow_rotation, learnable=learnable)
+        text = report.text()
+        logger.info("Pose Align: %s", text.replace("\n", "; "))
+        value = kp.to_pose_keypoint(frames)
+        return io.NodeOutput(value, text, ui=_pose_json_ui(value))
+
+
+class PoseRender(io.ComfyNode):
+    """Draws skeleton images exactly as StableAnimator drew its training poses (PoseNet expects them)."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="IDA_PoseRender", display_name="Render Skeleton", category=types.CAT_POSE,
+            description=cls.__doc__.strip(),
+            inputs=[
+                types.PoseKeypoint.Input("pose_keypoint", tooltip="Usually the output of Pose Align."),
+                io.Int.Input("width", default=512, min=64, max=4096, step=8,
+                             tooltip="Generation width (StableAnimator: 512 or 576)."),
+                io.Int.Input("height", default=512, min=64, max=4096, step=8,
+                             tooltip="Generation height (StableAnimator: 512 or 1024)."),
+            ],
+            outputs=[io.Image.Output(display_name="pose_images",
+                                     tooltip="One skeleton image per frame at width x height.")],
+        )
+
+    @classmethod
+    def execute(cls, pose_keypoint, width, height) -> io.NodeOutput:
+        from PIL import Image
+
+        frames = kp.from_pose_keypoint(pose_keypoint)
+        out = torch.empty(len(frames), height, width, 3)
+        pbar = comfy.utils.ProgressBar(len(frames))
+        for i, fr in enumerate(frames):
+            mm.throw_exception_if_processing_interrupted()
+            # drawn at the keypoints' canvas (the reference size), then resized the way the official
+            # pipeline loaded its saved pose PNGs (PIL bicubic)
+            img = Image.fromarray(draw_skeleton(fr.people, fr.width, fr.height))
+            if img.size != (width, height):
+                img = img.resize((width, height), Image.BICUBIC)
+            out[i] = torch.from_numpy(np.asarray(img, np.float32) / 255.0)
+            pbar.update_absolute(i + 1, len(frames))
+        return io.NodeOutput(out)
+
+
+NODES = [LoadDWPose, DWPoseExtract, PoseAlign, PoseRender]
