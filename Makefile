@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo convert clean
+.PHONY: setup test demo convert clean train-align eval-align
 
 setup:
 	bash tools/setup_host.sh
@@ -19,3 +19,10 @@ convert: setup
 
 clean:
 	rm -rf .host .venv .cache test-artifacts
+
+# learnable SVD-guided pose alignment: train on the parametric 2-D body model, then evaluate (Dis)
+train-align: setup
+	$(PY) tools/pose_align_learnable.py train --out models/data/learnable_align_v1.safetensors
+
+eval-align: setup
+	$(PY) tools/pose_align_learnable.py eval --ckpt models/data/learnable_align_v1.safetensors
