@@ -14,7 +14,9 @@ from conftest import COMFY_DIR, ROOT
 from ida_server import ComfyServer
 
 WORKFLOW = ROOT / "workflows" / "api" / "animation_unet_svd_preview.json"
-OUR_NODES = {"IDA_LoadAnimationUNet", "IDA_LoadPoseNet", "IDA_LoadFaceEncoder", "IDA_LoadArcFace", "IDA_LoadSVDBase"}
+OUR_NODES = {"IDA_LoadAnimationUNet", "IDA_LoadPoseNet", "IDA_LoadFaceEncoder", "IDA_LoadArcFace", "IDA_LoadSVDBase",
+             "IDA_LoadDWPose", "IDA_DWPoseExtract", "IDA_PoseAlign", "IDA_PoseRender"}
+POSE_WORKFLOW = ROOT / "workflows" / "api" / "pose_extract_align_render.json"
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +28,9 @@ def server(tmp_path_factory, tiny_set, svd_xt_file):
         shutil.copy(path, models / "stableanimator" / name)
     (models / "checkpoints").mkdir()
     (models / "checkpoints" / "svd_xt.safetensors").symlink_to(svd_xt_file)
-    (models / "dwpose").mkdir()
-    (models / "dwpose" / "yolox_l.onnx").write_bytes(b"listed, never loaded here")
+    from ida_onnx_models import export
+
+    export(models / "dwpose", planted=True)  # tiny models with DWPose's real input/output contracts
     (models / "dwpose" / "notes.txt").write_text("not a model")
     extra = tmp_path_factory.mktemp("extra-models")
     (extra / "sa").mkdir()
@@ -38,6 +41,7 @@ def server(tmp_path_factory, tiny_set, svd_xt_file):
 
     (base / "input").mkdir()
     Image.new("RGB", (80, 64), (120, 60, 30)).save(base / "input" / "reference.png")
+    Image.new("RGB", (160, 120), (30, 60, 120)).save(base / "input" / "driving.png")
     with ComfyServer(COMFY_DIR, base, extra_args=["--extra-model-paths-config", str(yaml)]) as srv:
         yield srv
 
@@ -66,7 +70,7 @@ def test_nodes_are_registered_with_tooltips(server):
 def test_model_folders_include_yaml_paths_and_onnx(server):
     sa = server.client.get_json("/models/stableanimator")
     assert {"unet.pth", "pose_net.pth", "face_encoder.pth", "glintr100_torch.pth", "unet_from_yaml.pth"} <= set(sa)
-    assert server.client.get_json("/models/dwpose") == ["yolox_l.onnx"]
+    assert sorted(server.client.get_json("/models/dwpose")) == ["dw-ll_ucoco_384.onnx", "yolox_l.onnx"]
     combo = server.client.get_json("/object_info/IDA_LoadAnimationUNet")["IDA_LoadAnimationUNet"]["input"]["required"]["unet_name"]
     assert "unet_from_yaml.pth" in combo[1]["options"]
 
@@ -99,3 +103,26 @@ def test_wrong_file_in_unet_slot_gives_a_readable_error(server):
     assert "PoseNet or Face Encoder file, not the Animation UNet" in result.error["exception_message"]
     # the server stays healthy: the next prompt runs
     assert server.client.run(tiny_prompt(), timeout=600).status == "success"
+
+
+def test_pose_workflow_extract_align_render_preview(server):
+    prompt = json.loads(POSE_WORKFLOW.read_text())
+    result = server.client.run(prompt, timeout=300)
+    assert result.status == "success", result.error
+    previews = result.outputs["9"]["images"]
+    assert len(previews) == 4
+    executed = {e["data"]["node"]: e["data"]["output"] for e in result.events if e["type"] == "executed"}
+    poses = json.loads(executed["7"]["openpose_json"][0])      # controlnet_aux-style UI payload
+    assert len(poses) == 4 and poses[0]["canvas_width"] == 80 and len(poses[0]["people"]) == 2
+    from PIL import Image
+
+    img = Image.open(server.base_dir / "temp" / previews[0]["subfolder"] / previews[0]["filename"])
+    assert img.size == (512, 512) and max(img.convert("L").getextrema()) > 0
+
+
+def test_pose_align_with_no_person_in_reference_is_a_readable_error(server):
+    prompt = json.loads(POSE_WORKFLOW.read_text())
+    prompt["7"]["inputs"]["reference_person"] = 5
+    result = server.client.run(prompt, timeout=300)
+    assert result.status == "error" and result.error["node_type"] == "IDA_PoseAlign"
+    assert "reference_person=5 but the reference shows 2 person(s)" in result.error["exception_message"]
