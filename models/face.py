@@ -216,3 +216,22 @@ def box_mask(box, width: int, height: int, margin: float) -> torch.Tensor:
     if c1 > c0 and r1 > r0:
         mask[r0:r1, c0:c1] = 1.0
     return mask
+
+
+@dataclass(frozen=True)
+class FaceConditioning:
+    """What the UNet's cross-attention gets: ``[CLIP token, face tokens]``.
+
+    ``clip_embeds [1, 1, D]`` (SVD's CLIP image embedding of the reference), ``face_tokens [1, 4, D]``
+    (Face Encoder output). The unconditional pass uses zeros for both, as the official pipeline does.
+    """
+
+    clip_embeds: torch.Tensor
+    face_tokens: torch.Tensor
+
+    def __deepcopy__(self, memo):
+        return self
+
+    @property
+    def context(self) -> torch.Tensor:
+        return torch.cat([self.clip_embeds, self.face_tokens], dim=1)   # [1, 1 + 4, D]

@@ -6,9 +6,9 @@ from .folders import register_model_folders
 
 class IdentityAnimatorExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        from . import loaders, pose
+        from . import face, loaders, pose
 
-        return [*loaders.NODES, *pose.NODES]
+        return [*loaders.NODES, *pose.NODES, *face.NODES]
 
 
 def create_extension() -> IdentityAnimatorExtension:

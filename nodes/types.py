@@ -8,7 +8,11 @@ ArcFace = io.Custom("IDA_ARCFACE")
 DWPose = io.Custom("IDA_DWPOSE")
 # shared with comfyui_controlnet_aux: a list of per-frame OpenPose dicts (models/keypoints.py)
 PoseKeypoint = io.Custom("POSE_KEYPOINT")
+FaceAnalysis = io.Custom("IDA_FACE_ANALYSIS")
+Face = io.Custom("IDA_FACE")
+FaceConditioning = io.Custom("IDA_FACE_CONDITIONING")
 
 CATEGORY = "Identity Animator"
 CAT_LOADERS = f"{CATEGORY}/loaders"
 CAT_POSE = f"{CATEGORY}/pose"
+CAT_FACE = f"{CATEGORY}/face"

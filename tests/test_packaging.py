@@ -57,9 +57,9 @@ def test_no_unsafe_torch_load_and_no_print():
 
 
 def test_every_node_has_a_help_page(comfy_folders):
-    from identity_animator.nodes import loaders, pose
+    from identity_animator.nodes import face, loaders, pose
 
-    for node in [*loaders.NODES, *pose.NODES]:
+    for node in [*loaders.NODES, *pose.NODES, *face.NODES]:
         node_id = node.define_schema().node_id
         page = ROOT / "web" / "docs" / f"{node_id}.md"
         assert page.is_file(), f"missing help page {page.name}"

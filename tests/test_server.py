@@ -15,7 +15,9 @@ from ida_server import ComfyServer
 
 WORKFLOW = ROOT / "workflows" / "api" / "animation_unet_svd_preview.json"
 OUR_NODES = {"IDA_LoadAnimationUNet", "IDA_LoadPoseNet", "IDA_LoadFaceEncoder", "IDA_LoadArcFace", "IDA_LoadSVDBase",
-             "IDA_LoadDWPose", "IDA_DWPoseExtract", "IDA_PoseAlign", "IDA_PoseRender"}
+             "IDA_LoadDWPose", "IDA_DWPoseExtract", "IDA_PoseAlign", "IDA_PoseRender",
+             "IDA_LoadFaceAnalysis", "IDA_FaceEmbed", "IDA_FaceEncode", "IDA_FaceBoxes"}
+FACE_WORKFLOW = ROOT / "workflows" / "api" / "face_embed_boxes.json"
 POSE_WORKFLOW = ROOT / "workflows" / "api" / "pose_extract_align_render.json"
 
 
@@ -42,6 +44,12 @@ def server(tmp_path_factory, tiny_set, svd_xt_file):
     (base / "input").mkdir()
     Image.new("RGB", (80, 64), (120, 60, 30)).save(base / "input" / "reference.png")
     Image.new("RGB", (160, 120), (30, 60, 120)).save(base / "input" / "driving.png")
+    from ida_face_models import export_antelopev2, face_image
+    from identity_animator.models.checkpoint import load_state_dict
+    from identity_animator.models.iresnet import IResNet
+
+    Image.fromarray(face_image()).save(base / "input" / "face_reference.png")
+    export_antelopev2(models / "insightface", IResNet.from_state_dict(load_state_dict(str(tiny_set["glintr100_torch.pth"]))))
     with ComfyServer(COMFY_DIR, base, extra_args=["--extra-model-paths-config", str(yaml)]) as srv:
         yield srv
 
@@ -126,3 +134,18 @@ def test_pose_align_with_no_person_in_reference_is_a_readable_error(server):
     result = server.client.run(prompt, timeout=300)
     assert result.status == "error" and result.error["node_type"] == "IDA_PoseAlign"
     assert "reference_person=5 but the reference shows 2 person(s)" in result.error["exception_message"]
+
+
+def test_face_workflow_embed_and_boxes(server):
+    result = server.client.run(json.loads(FACE_WORKFLOW.read_text()), timeout=300)
+    assert result.status == "success", result.error
+    assert len(result.outputs["4"]["images"]) == 1 and len(result.outputs["9"]["images"]) == 1
+
+
+def test_face_embed_without_a_face_is_a_readable_error(server):
+    prompt = json.loads(FACE_WORKFLOW.read_text())
+    prompt["1"]["inputs"]["image"] = "driving.png"          # a plain blue picture: no face
+    prompt = {k: v for k, v in prompt.items() if k in {"1", "2", "3", "4"}}
+    result = server.client.run(prompt, timeout=300)
+    assert result.status == "error" and result.error["node_type"] == "IDA_FaceEmbed"
+    assert "No face found in the reference image" in result.error["exception_message"]

@@ -1,0 +1,178 @@
+"""Face stage nodes: insightface analysis, reference embedding, Face Encoder tokens, per-frame face boxes."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+import comfy.model_management as mm
+import comfy.utils
+import folder_paths
+from comfy_api.latest import io
+
+from ..models import keypoints as kp
+from ..models.face import (COLOR_ORDERS, FaceAnalyzer, FaceConditioning, box_mask, clip_pixels, face_box,
+                           find_insightface_root)
+from . import types
+from .folders import INSIGHTFACE
+
+logger = logging.getLogger(__name__)
+
+
+class LoadFaceAnalysis(io.ComfyNode):
+    """Loads insightface's antelopev2 face detector and ArcFace recogniser from
+    ComfyUI/models/insightface/models/antelopev2 (local files only, never a download)."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="IDA_LoadFaceAnalysis", display_name="Load Face Analysis (insightface)", category=types.CAT_FACE,
+            description=cls.__doc__.strip(),
+            inputs=[io.Combo.Input("provider", options=["auto", "cuda", "cpu"], default="auto",
+                                   tooltip="onnxruntime device for detection and ArcFace. auto: CUDA when "
+                                   "onnxruntime-gpu sees a GPU, else CPU (the log says which).")],
+            outputs=[types.FaceAnalysis.Output(display_name="face_analysis", tooltip="For Face Embed.")],
+        )
+
+    @classmethod
+    def execute(cls, provider) -> io.NodeOutput:
+        try:
+            import insightface  # noqa: F401
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise ImportError("The face stage needs insightface and onnxruntime: pip install insightface==0.7.3 "
+                              "onnxruntime-gpu (or onnxruntime on machines without CUDA).") from exc
+        root = find_insightface_root(folder_paths.get_folder_paths(INSIGHTFACE))
+        providers = ["CPUExecutionProvider"] if provider == "cpu" else ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        providers = [p for p in providers if p in ort.get_available_providers()]
+        if provider == "cuda" and providers[0] != "CUDAExecutionProvider":
+            logger.warning("Face analysis: CUDA requested but onnxruntime has no CUDA provider; running on CPU.")
+        analyzer = FaceAnalyzer(root, providers)
+        logger.info("Face analysis from %s on %s", root, providers[0])
+        return io.NodeOutput(analyzer)
+
+
+def _to_uint8(image: torch.Tensor) -> np.ndarray:
+    return (image[..., :3].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+class FaceEmbed(io.ComfyNode):
+    """Finds the reference's face and returns its raw 512-d ArcFace embedding, box and landmarks.
+
+    No face is an error (StableAnimator's scripts silently used zeros); allow_missing opts into zeros."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="IDA_FaceEmbed", display_name="Face Embed", category=types.CAT_FACE,
+            description=cls.__doc__.strip(),
+            inputs=[
+                types.FaceAnalysis.Input("face_analysis", tooltip="From Load Face Analysis."),
+                io.Image.Input("image", tooltip="The reference image (first image of a batch is used)."),
+                io.Int.Input("face_index", default=0, min=0, max=32, tooltip="Which face, largest first."),
+                io.Combo.Input("color_order", options=list(COLOR_ORDERS), default="bgr",
+                               tooltip="bgr: what insightface expects and what StableAnimator was trained with "
+                               "(recommended). rgb: reproduces the official inference script, which passed RGB by mistake."),
+                io.Boolean.Input("allow_missing", default=False,
+                                 tooltip="If no face is found, go on with a zero identity embedding (the log says so) "
+                                 "instead of stopping. The identity will not be kept."),
+            ],
+            outputs=[
+                types.Face.Output(display_name="face", tooltip="Embedding, box and landmarks of the chosen face."),
+                io.Image.Output(display_name="aligned_face", tooltip="112x112 aligned face crop, for checking the choice."),
+                io.Mask.Output(display_name="face_mask", tooltip="The face box as a mask at the reference's size."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, face_analysis, image, face_index, color_order, allow_missing) -> io.NodeOutput:
+        res, count = face_analysis.analyse(_to_uint8(image[0]), color_order=color_order, index=face_index,
+                                           allow_missing=allow_missing)
+        if count > 1:
+            logger.info("Face Embed: %d faces in the reference; using #%d (largest first)", count, face_index)
+        crop = torch.from_numpy(res.aligned.astype(np.float32) / 255.0)[None]
+        mask = box_mask(tuple(res.bbox / np.array([res.width, res.height] * 2)) if res.found else None,
+                        res.width, res.height, margin=0.0)[None]
+        return io.NodeOutput(res, crop, mask)
+
+
+class FaceEncode(io.ComfyNode):
+    """Turns the ArcFace embedding and the reference's CLIP image embedding into the 4 face tokens of
+    StableAnimator's Face Encoder; the UNet then sees [CLIP token, 4 face tokens]."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="IDA_FaceEncode", display_name="Face Encode", category=types.CAT_FACE,
+            description=cls.__doc__.strip(),
+            inputs=[
+                types.FaceEncoder.Input("face_encoder", tooltip="From Load Face Encoder."),
+                types.Face.Input("face", tooltip="From Face Embed."),
+                io.ClipVision.Input("clip_vision", tooltip="SVD-xt's CLIP-H image encoder (Load SVD-xt VAE + CLIP Vision)."),
+                io.Image.Input("image", tooltip="The reference image; encoded whole, squashed to 224x224 as SVD does (no centre crop)."),
+            ],
+            outputs=[types.FaceConditioning.Output(display_name="face_conditioning",
+                                                   tooltip="CLIP token + 4 face tokens for the animation sampler.")],
+        )
+
+    @classmethod
+    def execute(cls, face_encoder, face, clip_vision, image) -> io.NodeOutput:
+        mm.load_model_gpu(clip_vision.patcher)
+        pixels = clip_pixels(image[:1]).to(clip_vision.load_device)
+        clip = clip_vision.model(pixel_values=pixels, intermediate_output=-2)[2]          # [1, D] image_embeds
+        clip = clip.float().to(mm.intermediate_device())[:, None]                           # [1, 1, D]
+        mm.load_models_gpu([face_encoder])
+        dev = face_encoder.load_device
+        enc = face_encoder.model
+        if clip.shape[-1] != enc.clip_dim:
+            raise ValueError(f"The CLIP embedding is {clip.shape[-1]}-wide but this Face Encoder expects {enc.clip_dim}: "
+                             "use SVD-xt's CLIP-H image encoder.")
+        emb = torch.from_numpy(face.embedding).float()[None]
+        with torch.no_grad():
+            tokens = enc(emb.to(dev), clip.to(dev)).float().to(mm.intermediate_device())
+        if not face.found:
+            logger.warning("Face Encode: the face embedding is zero (no face in the reference); identity is not conditioned.")
+        return io.NodeOutput(FaceConditioning(clip_embeds=clip, face_tokens=tokens))
+
+
+class FaceBoxes(io.ComfyNode):
+    """Per-frame face boxes from the aligned driving keypoints, at generation resolution, for face refinement.
+
+    Replaces the hand-made mask folders of the official scripts; preview or edit the masks like any MASK."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="IDA_FaceBoxes", display_name="Face Boxes", category=types.CAT_FACE,
+            description=cls.__doc__.strip(),
+            inputs=[
+                types.PoseKeypoint.Input("pose_keypoint", tooltip="Aligned driving keypoints (Pose Align output)."),
+                io.Int.Input("width", default=512, min=64, max=4096, step=8, tooltip="Generation width."),
+                io.Int.Input("height", default=512, min=64, max=4096, step=8, tooltip="Generation height."),
+                io.Float.Input("margin", default=0.1, min=0.0, max=2.0, step=0.05,
+                               tooltip="Grow each box by this fraction of its size on every side."),
+                io.Int.Input("person", default=0, min=0, max=32, tooltip="Whose face, largest first."),
+            ],
+            outputs=[io.Mask.Output(display_name="face_masks",
+                                    tooltip="One filled face rectangle per frame; empty where no face is visible.")],
+        )
+
+    @classmethod
+    def execute(cls, pose_keypoint, width, height, margin, person) -> io.NodeOutput:
+        frames = kp.from_pose_keypoint(pose_keypoint)
+        masks = torch.zeros(len(frames), height, width)
+        empty = 0
+        for i, fr in enumerate(frames):
+            box = None
+            if len(fr.people) > person:
+                p = fr.people[person]
+                box = face_box(p.face, p.face_score, p.body, p.body_score)
+            masks[i] = box_mask(box, width, height, margin)
+            empty += box is None
+        if empty:
+            logger.warning("Face Boxes: no face in %d of %d frame(s); refinement skips those frames", empty, len(frames))
+        return io.NodeOutput(masks)
+
+
+NODES = [LoadFaceAnalysis, FaceEmbed, FaceEncode, FaceBoxes]
