@@ -6,9 +6,9 @@ from .folders import register_model_folders
 
 class IdentityAnimatorExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        from . import face, loaders, pose
+        from . import animation, decode, face, loaders, pose, sampling
 
-        return [*loaders.NODES, *pose.NODES, *face.NODES]
+        return [*loaders.NODES, *pose.NODES, *face.NODES, *animation.NODES, *sampling.NODES, *decode.NODES]
 
 
 def create_extension() -> IdentityAnimatorExtension:

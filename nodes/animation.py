@@ -1,0 +1,142 @@
+"""Animation nodes: StableAnimator's patches on a cloned SVD model, and its conditioning."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+import comfy.model_management as mm
+import comfy.utils
+from comfy_api.latest import io
+
+from .patches import IDAttentionPatch, PoseResidualPatch
+from . import types
+
+logger = logging.getLogger(__name__)
+
+
+def _pose_features(pose_net, pose_images: torch.Tensor, chunk: int = 16, keep_dtype=torch.float16) -> torch.Tensor:
+    """PoseNet on every frame once, in chunks on its device; features are kept off the GPU."""
+    mm.load_models_gpu([pose_net])
+    dev = pose_net.load_device
+    feats = []
+    pbar = comfy.utils.ProgressBar(len(pose_images))
+    for i in range(0, len(pose_images), chunk):
+        mm.throw_exception_if_processing_interrupted()
+        x = pose_images[i:i + chunk, ..., :3].movedim(-1, 1).to(dev, torch.float32) * 2.0 - 1.0   # [n, 3, H, W] in [-1, 1]
+        with torch.no_grad():
+            feats.append(pose_net.model(x).to(mm.intermediate_device(), keep_dtype))
+        pbar.update_absolute(min(i + chunk, len(pose_images)), len(pose_images))
+    return torch.cat(feats)
+
+
+class ApplyStableAnimator(io.ComfyNode):
+    """Patches a copy of the model with StableAnimator's ID adapter (face tokens on the 16 spatial
+    cross-attentions) and PoseNet (skeleton features after the first convolution)."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="IDA_ApplyStableAnimator", display_name="Apply StableAnimator", category=types.CAT_ANIMATION,
+            description=cls.__doc__.strip(),
+            inputs=[
+                io.Model.Input("model", tooltip="From Load Animation UNet. It is cloned, never changed."),
+                types.IDAdapter.Input("id_adapter", tooltip="From Load Animation UNet."),
+                types.FaceConditioning.Input("face_conditioning", tooltip="From Face Encode."),
+                types.PoseNet.Input("pose_net", tooltip="From Load PoseNet."),
+                io.Image.Input("pose_images", tooltip="Skeleton images at generation size, one per frame (Render Skeleton)."),
+                io.Float.Input("id_strength", default=1.0, min=0.0, max=3.0, step=0.05,
+                               tooltip="Weight of the face branch (official: 1.0). 0 turns the ID adapter off."),
+                io.Float.Input("pose_strength", default=1.0, min=0.0, max=3.0, step=0.05,
+                               tooltip="Weight of the PoseNet features (official: 1.0)."),
+                io.Float.Input("id_start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Start of the sampling range where the ID adapter acts (0 = first step)."),
+                io.Float.Input("id_end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="End of that range (1 = last step)."),
+            ],
+            outputs=[io.Model.Output(display_name="model", tooltip="The patched copy.")],
+        )
+
+    @classmethod
+    def execute(cls, model, id_adapter, face_conditioning, pose_net, pose_images, id_strength, pose_strength,
+                id_start_percent, id_end_percent) -> io.NodeOutput:
+        tokens = face_conditioning.face_tokens
+        if tokens.shape[-1] != id_adapter.cross_attention_dim:
+            raise ValueError(f"Face tokens are {tokens.shape[-1]}-wide but the ID adapter expects "
+                             f"{id_adapter.cross_attention_dim}: Face Encoder and UNet come from different models.")
+        m = model.clone()
+        sampling = m.get_model_object("model_sampling")
+        sigma_start, sigma_end = sampling.percent_to_sigma(id_start_percent), sampling.percent_to_sigma(id_end_percent)
+        for (block, number), kv in id_adapter.blocks.items():
+            m.set_model_attn2_replace(IDAttentionPatch(kv["to_k"], kv["to_v"], tokens, id_strength, sigma_start, sigma_end),
+                                      block, number)
+        keep = torch.float32 if m.model.get_dtype() == torch.float32 else torch.float16
+        feats = _pose_features(pose_net, pose_images, keep_dtype=keep)
+        channels = m.model.diffusion_model.input_blocks[0][0].weight.shape[0]
+        if feats.shape[1] != channels:
+            raise ValueError(f"PoseNet gives {feats.shape[1]} channels but the UNet's first block has {channels}.")
+        m.set_model_input_block_patch(PoseResidualPatch(feats, pose_strength))
+        logger.info("Apply StableAnimator: ID adapter on %d blocks (strength %.2f), PoseNet on %d frames (strength %.2f)",
+                    len(id_adapter.blocks), id_strength, len(feats), pose_strength)
+        return io.NodeOutput(m)
+
+
+def _lanczos(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    from PIL import Image
+
+    arr = (image[..., :3].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    img = Image.fromarray(arr).resize((width, height), Image.LANCZOS)
+    return torch.from_numpy(np.asarray(img, np.float32) / 255.0)
+
+
+class AnimationConditioning(io.ComfyNode):
+    """StableAnimator's conditioning: the reference latent (VAE mode of the Lanczos-resized reference,
+    noise-augmented in [-1, 1] as the official pipeline does, unscaled), the CLIP token, and
+    fps / motion bucket / augmentation for the time embedding. The negative is all zeros."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="IDA_AnimationConditioning", display_name="Animation Conditioning", category=types.CAT_ANIMATION,
+            description=cls.__doc__.strip(),
+            inputs=[
+                io.Vae.Input("vae", tooltip="SVD-xt VAE."),
+                io.Image.Input("image", tooltip="The reference image (first of the batch)."),
+                types.FaceConditioning.Input("face_conditioning", tooltip="From Face Encode (its CLIP token is used here)."),
+                io.Int.Input("width", default=512, min=64, max=4096, step=64, tooltip="Generation width (StableAnimator: 512 or 576)."),
+                io.Int.Input("height", default=512, min=64, max=4096, step=64, tooltip="Generation height (512 or 1024)."),
+                io.Int.Input("length", default=16, min=1, max=10000, tooltip="Number of frames; match the pose images."),
+                io.Int.Input("fps", default=7, min=1, max=60, tooltip="Frame-rate conditioning (official: 7; the model sees fps-1)."),
+                io.Int.Input("motion_bucket_id", default=127, min=1, max=1023, tooltip="Motion amount conditioning (official: 127)."),
+                io.Float.Input("noise_aug_strength", default=0.02, min=0.0, max=1.0, step=0.01,
+                               tooltip="Noise added to the reference before encoding, in [-1,1] units (official: 0.02)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, tooltip="Seed of that noise."),
+            ],
+            outputs=[
+                io.Conditioning.Output(display_name="positive"),
+                io.Conditioning.Output(display_name="negative"),
+                io.Latent.Output(display_name="latent", tooltip="Empty latent of `length` frames."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, vae, image, face_conditioning, width, height, length, fps, motion_bucket_id, noise_aug_strength,
+                seed) -> io.NodeOutput:
+        if width % 64 or height % 64:
+            raise ValueError(f"width and height must be multiples of 64 (got {width}x{height}); StableAnimator uses 512x512 or 576x1024.")
+        if (width, height) not in ((512, 512), (576, 1024)):
+            logger.warning("StableAnimator was trained at 512x512 and 576x1024; %dx%d may look worse.", width, height)
+        ref = _lanczos(image[0], width, height)[None]                                         # [1, H, W, 3] in [0, 1]
+        noise = torch.randn(ref.shape, generator=torch.Generator().manual_seed(seed))
+        # ComfyUI's VAE maps [0, 1] to [-1, 1]; half the noise here is the official amount in [-1, 1]
+        latent = vae.encode(ref + noise * (noise_aug_strength / 2.0))
+        clip = face_conditioning.clip_embeds
+        adm = {"fps": fps, "motion_bucket_id": motion_bucket_id, "augmentation_level": noise_aug_strength}
+        positive = [[clip, {"concat_latent_image": latent, **adm}]]
+        negative = [[torch.zeros_like(clip), {"concat_latent_image": torch.zeros_like(latent), **adm}]]
+        empty = torch.zeros([length, 4, height // 8, width // 8], device=mm.intermediate_device())
+        return io.NodeOutput(positive, negative, {"samples": empty})
+
+
+NODES = [ApplyStableAnimator, AnimationConditioning]

@@ -1,0 +1,215 @@
+"""Sampling nodes: StableAnimator's schedule, windows and per-frame CFG on ComfyUI's own sampler.
+
+The pieces are ordinary ComfyUI objects — a context handler on the model, a CFG function, SIGMAS,
+NOISE and the stock Euler SAMPLER — so they also combine with ComfyUI's custom-sampling nodes.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+import comfy.context_windows as cw
+import comfy.k_diffusion.sampling as kds
+import comfy.model_management as mm
+import comfy.sample
+import comfy.samplers
+import latent_preview
+from comfy_api.latest import io
+
+from ..models.windows import SCHEDULES, fusion_weights, periodic_noise, windows_for_step
+from . import types
+
+logger = logging.getLogger(__name__)
+
+SIGMA_MIN, SIGMA_MAX, RHO = 0.002, 700.0, 7.0
+
+
+def official_sigmas(steps: int) -> torch.Tensor:
+    """SVD-xt's EulerDiscreteScheduler with Karras sigmas: 700 -> 0.002 (rho 7), then 0."""
+    return kds.get_sigmas_karras(steps, SIGMA_MIN, SIGMA_MAX, rho=RHO)
+
+
+class AnimationContextHandler(cw.IndexListContextHandler):
+    """ComfyUI's window handler with StableAnimator/MagicAnimate schedules and weights.
+
+    0.3.75's ``set_step`` compares the whole per-frame timestep with the schedule and fails for SVD
+    (frames are the batch) and for sub-steps; this one matches the first entry and keeps the last
+    step when nothing matches.
+    """
+
+    def __init__(self, schedule: str, length: int, overlap: int, shift: bool, seed: int, wrap: bool):
+        windows_for_step(schedule, 2 * length, length, overlap)   # validates the settings now, not mid-run
+        super().__init__(cw.ContextSchedule(schedule, self._windows), cw.ContextFuseMethod(f"ida_{schedule}", self._weights),
+                         context_length=length, context_overlap=overlap, closed_loop=wrap, dim=0)
+        self.schedule, self.shift, self.seed, self.wrap = schedule, shift, seed, wrap
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def set_step(self, timestep, model_options):
+        sigmas = model_options["transformer_options"].get("sample_sigmas")
+        if sigmas is None:
+            return
+        match = torch.nonzero(torch.isclose(sigmas, timestep.flatten()[0].to(sigmas), rtol=1e-4))
+        if match.numel():
+            self._step = int(match[0])
+
+    def _windows(self, num_frames, handler, model_options):
+        return windows_for_step(self.schedule, num_frames, self.context_length, self.context_overlap,
+                                step=self._step, shift=self.shift, seed=self.seed, wrap=self.wrap)
+
+    def _weights(self, length, **kwargs):
+        return fusion_weights(self.schedule, length)
+
+
+def per_frame_cfg(min_cfg: float, max_cfg: float):
+    """CFG scale rising linearly from the first to the last frame of the whole video (SVD's guidance)."""
+
+    def cfg(args):
+        cond, uncond = args["cond"], args["uncond"]
+        g = torch.linspace(min_cfg, max_cfg, cond.shape[0], device=cond.device, dtype=cond.dtype)
+        return uncond + g.view(-1, *[1] * (cond.ndim - 1)) * (cond - uncond)
+
+    return cfg
+
+
+def with_windows(model, schedule, length, overlap, shift, seed, wrap, min_cfg, max_cfg):
+    m = model.clone()
+    m.model_options["context_handler"] = AnimationContextHandler(schedule, length, overlap, shift, seed, wrap)
+    cw.create_prepare_sampling_wrapper(m)
+    m.set_model_sampler_cfg_function(per_frame_cfg(min_cfg, max_cfg), disable_cfg1_optimization=max_cfg != 1.0)
+    return m
+
+
+class PeriodicNoise:
+    """NOISE for ComfyUI's custom sampling: one window of noise repeated along time (the official init)."""
+
+    def __init__(self, seed: int, period: int):
+        self.seed, self.period = seed, period
+
+    def generate_noise(self, input_latent):
+        latent = input_latent["samples"]
+        return periodic_noise(latent.shape, self.period, torch.Generator().manual_seed(self.seed)).to(latent.dtype)
+
+
+_WINDOW_INPUTS = lambda: [
+    io.Combo.Input("schedule", options=list(SCHEDULES), default="official",
+                   tooltip="official: every window holds frame 0 plus consecutive frames, triangular weights "
+                   "(StableAnimator). magicanimate: uniform windows, flat average (MagicAnimate)."),
+    io.Int.Input("window_length", default=16, min=2, max=64, tooltip="Frames per window (StableAnimator: 16)."),
+    io.Int.Input("window_overlap", default=4, min=0, max=63, tooltip="Frames shared by neighbouring windows (official: 4)."),
+    io.Boolean.Input("shift", default=False, tooltip="Move the windows by a seeded offset at every step so seams wander."),
+    io.Boolean.Input("wrap", default=False, tooltip="magicanimate: windows wrap from the last frame to the first (loops)."),
+]
+
+
+class AnimationSampler(io.ComfyNode):
+    """StableAnimator's sampler: Euler on SVD's Karras/v-prediction schedule (sigma 700 -> 0.002),
+    per-frame linear CFG, sliding windows for any length, and one window of noise repeated along time."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="IDA_AnimationSampler", display_name="Animation Sampler", category=types.CAT_SAMPLING,
+            description=cls.__doc__.strip(),
+            inputs=[
+                io.Model.Input("model", tooltip="From Apply StableAnimator."),
+                io.Conditioning.Input("positive", tooltip="From Animation Conditioning."),
+                io.Conditioning.Input("negative", tooltip="From Animation Conditioning."),
+                io.Latent.Input("latent", tooltip="From Animation Conditioning."),
+                io.Int.Input("seed", default=23123134, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Noise seed (the official scripts use 23123134)."),
+                io.Int.Input("steps", default=25, min=1, max=200, tooltip="Denoising steps (official: 25)."),
+                io.Float.Input("min_cfg", default=3.0, min=1.0, max=20.0, step=0.1,
+                               tooltip="Guidance at the first frame (official scripts: 3.0, the same as max_cfg)."),
+                io.Float.Input("max_cfg", default=3.0, min=1.0, max=20.0, step=0.1,
+                               tooltip="Guidance at the last frame; in between it rises linearly."),
+                *_WINDOW_INPUTS(),
+            ],
+            outputs=[io.Latent.Output(display_name="latent", tooltip="Denoised video latent.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, window_length, window_overlap, min_cfg, max_cfg, **kwargs):
+        if window_overlap >= window_length:
+            return f"window_overlap ({window_overlap}) must be smaller than window_length ({window_length})."
+        if min_cfg > max_cfg:
+            return f"min_cfg ({min_cfg}) must not exceed max_cfg ({max_cfg})."
+        return True
+
+    @classmethod
+    def execute(cls, model, positive, negative, latent, seed, steps, min_cfg, max_cfg, schedule, window_length,
+                window_overlap, shift, wrap) -> io.NodeOutput:
+        m = with_windows(model, schedule, window_length, window_overlap, shift, seed, wrap, min_cfg, max_cfg)
+        samples = latent["samples"]
+        noise = PeriodicNoise(seed, window_length).generate_noise(latent)
+        sigmas = official_sigmas(steps)
+        callback = latent_preview.prepare_callback(m, steps)
+        out = comfy.sample.sample_custom(m, noise, max_cfg, comfy.samplers.sampler_object("euler"), sigmas, positive,
+                                         negative, samples, callback=callback, disable_pbar=True, seed=seed)
+        return io.NodeOutput({"samples": out.to(mm.intermediate_device())})
+
+
+class AnimationWindows(io.ComfyNode):
+    """For ComfyUI's custom-sampling nodes: puts the sliding windows and per-frame CFG on a model."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="IDA_AnimationWindows", display_name="Animation Windows + Frame CFG", category=types.CAT_SAMPLING,
+            description=cls.__doc__.strip(),
+            inputs=[
+                io.Model.Input("model", tooltip="Patched model (Apply StableAnimator)."),
+                io.Float.Input("min_cfg", default=3.0, min=1.0, max=20.0, step=0.1, tooltip="Guidance at the first frame."),
+                io.Float.Input("max_cfg", default=3.0, min=1.0, max=20.0, step=0.1,
+                               tooltip="Guidance at the last frame. Give the guider this value as cfg."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, tooltip="Seed of the window shift."),
+                *_WINDOW_INPUTS(),
+            ],
+            outputs=[io.Model.Output(display_name="model")],
+        )
+
+    @classmethod
+    def execute(cls, model, min_cfg, max_cfg, seed, schedule, window_length, window_overlap, shift, wrap) -> io.NodeOutput:
+        return io.NodeOutput(with_windows(model, schedule, window_length, window_overlap, shift, seed, wrap, min_cfg, max_cfg))
+
+
+class AnimationSigmas(io.ComfyNode):
+    """SIGMAS of StableAnimator's schedule (SVD-xt Euler with Karras sigmas, 700 -> 0.002)."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="IDA_AnimationSigmas", display_name="Animation Sigmas", category=types.CAT_SAMPLING,
+            description=cls.__doc__.strip(),
+            inputs=[io.Int.Input("steps", default=25, min=1, max=200, tooltip="Denoising steps (official: 25).")],
+            outputs=[io.Sigmas.Output(display_name="sigmas")],
+        )
+
+    @classmethod
+    def execute(cls, steps) -> io.NodeOutput:
+        return io.NodeOutput(official_sigmas(steps))
+
+
+class AnimationNoise(io.ComfyNode):
+    """NOISE with one window of noise repeated along time, as StableAnimator initialises long videos."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="IDA_AnimationNoise", display_name="Animation Noise", category=types.CAT_SAMPLING,
+            description=cls.__doc__.strip(),
+            inputs=[
+                io.Int.Input("seed", default=23123134, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True, tooltip="Noise seed."),
+                io.Int.Input("period", default=16, min=1, max=1024, tooltip="Repeat period in frames (the window length)."),
+            ],
+            outputs=[io.Noise.Output(display_name="noise")],
+        )
+
+    @classmethod
+    def execute(cls, seed, period) -> io.NodeOutput:
+        return io.NodeOutput(PeriodicNoise(seed, period))
+
+
+NODES = [AnimationSampler, AnimationWindows, AnimationSigmas, AnimationNoise]
