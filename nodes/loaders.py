@@ -21,7 +21,7 @@ from ..models.pose_net import PoseNet
 from ..models.unet_convert import convert_stableanimator_unet
 from . import types
 from .folders import STABLEANIMATOR, full_path, list_files
-from .svd_model import WEIGHT_DTYPES, build_svd_model
+from .svd_model import UNET_DTYPES, WEIGHT_DTYPES, build_svd_model
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +55,10 @@ class LoadAnimationUNet(io.ComfyNode):
             inputs=[
                 _weights_combo("unet", "Animation/unet.pth (or the .safetensors written by `make convert`) "
                                "from ComfyUI/models/stableanimator."),
-                io.Combo.Input("weight_dtype", options=["default", *WEIGHT_DTYPES], default="default",
+                io.Combo.Input("weight_dtype", options=["default", *UNET_DTYPES], default="default",
                                tooltip="UNet weight precision. default: ComfyUI picks for your device "
-                               "(fp16/bf16 on GPUs). fp32 doubles memory. The ID adapter is kept in at "
-                               "least fp16 whatever you pick."),
+                               "(fp16/bf16 on GPUs). fp32 doubles memory; fp8 halves it again (computed in "
+                               "fp16/bf16). The ID adapter and PoseNet stay in at least fp16 whatever you pick."),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="ComfyUI SVD model with StableAnimator's UNet weights."),

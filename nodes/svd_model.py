@@ -21,6 +21,8 @@ from ..models.checkpoint import CheckpointError, describe_key_mismatch
 logger = logging.getLogger(__name__)
 
 WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# fp8 stores the UNet's weights in 8 bits and computes in fp16/bf16/fp32 (ComfyUI's manual cast)
+UNET_DTYPES = {**WEIGHT_DTYPES, "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 
 
 def _svd_unet_config(unet_sd: dict, source: str) -> dict:
@@ -44,7 +46,7 @@ def build_svd_model(unet_sd: dict, weight_dtype: str, source: str) -> comfy.mode
         unet_dtype = mm.unet_dtype(model_params=comfy.utils.calculate_parameters(unet_sd),
                                    supported_dtypes=supported, weight_dtype=comfy.utils.weight_dtype(unet_sd))
     else:
-        unet_dtype = WEIGHT_DTYPES[weight_dtype]
+        unet_dtype = UNET_DTYPES[weight_dtype]
     model_config.set_inference_dtype(unet_dtype, mm.unet_manual_cast(unet_dtype, load_device, supported))
     model = model_config.get_model(unet_sd, "", device=offload_device)
     expected = set(model.diffusion_model.state_dict())

@@ -36,6 +36,12 @@ def test_unet_loader_splits_out_the_id_adapter(comfy_folders, tiny_set):
     assert copy.deepcopy(id_adapter) is id_adapter
 
 
+def test_fp8_unet_keeps_the_id_adapter_in_fp16(comfy_folders):
+    model, id_adapter = run(loaders.LoadAnimationUNet, unet_name="unet.pth", weight_dtype="fp8_e4m3fn")
+    assert model.model.diffusion_model.input_blocks[0][0].weight.dtype == torch.float8_e4m3fn
+    assert id_adapter.dtype == torch.float16
+
+
 def test_small_module_loaders(comfy_folders):
     (pose,) = run(loaders.LoadPoseNet, pose_net_name="pose_net.pth")
     assert isinstance(pose.model, PoseNet) and pose.model.out_channels == 64

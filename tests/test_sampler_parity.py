@@ -128,7 +128,7 @@ def reference_trajectory(weights, pose_sd, pose_images, clip, face, ref_latent, 
     return latents
 
 
-def test_trajectory_matches_the_official_pipeline_on_diffusers(tiny_set):
+def _our_trajectory(tiny_set, id_strength=1.0, pose_strength=1.0):
     import comfy.model_management as mm
     import comfy.model_patcher
 
@@ -148,18 +148,35 @@ def test_trajectory_matches_the_official_pipeline_on_diffusers(tiny_set):
     pose_net = comfy.model_patcher.ModelPatcher(PoseNet.from_state_dict(pose_sd), mm.get_torch_device(), mm.unet_offload_device())
     id_adapter = IDAdapterWeights.from_converted(conv.id_adapter)
     (patched,) = ApplyStableAnimator.execute(model, id_adapter, FaceConditioning(clip, face), pose_net, pose_images,
-                                              1.0, 1.0, 0.0, 1.0).result
+                                              id_strength, pose_strength, 0.0, 1.0).result
     adm = {"fps": FPS, "motion_bucket_id": MOTION, "augmentation_level": AUG}
     positive = [[clip, {"concat_latent_image": ref_latent, **adm}]]
     negative = [[torch.zeros_like(clip), {"concat_latent_image": torch.zeros_like(ref_latent), **adm}]]
     (out,) = AnimationSampler.execute(patched, positive, negative, latent, SEED, STEPS, MIN_CFG, MAX_CFG,
                                       "official", 16, 4, False, False).result
     ours = out["samples"] * 0.18215                 # ComfyUI returns latents divided by the SD scale factor
-    ref = reference_trajectory(weights, pose_sd, pose_images, clip, face, ref_latent, noise, sigmas.tolist())
+    return ours, (weights, pose_sd, pose_images, clip, face, ref_latent, noise, sigmas.tolist())
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_set):
+    _, args = _our_trajectory(tiny_set, 0.0, 0.0)
+    return reference_trajectory(*args)
+
+
+def test_trajectory_matches_the_official_pipeline_on_diffusers(tiny_set, reference):
+    ours, _ = _our_trajectory(tiny_set)
+    ref = reference
     assert ours.shape == ref.shape == (FRAMES, 4, H // 8, W // 8)
     diff = (ours - ref).abs().max().item()
     assert diff <= TOL, f"max abs diff {diff}"
     assert ref.abs().mean() > 1e-2
+
+
+@pytest.mark.parametrize("id_strength,pose_strength", [(0.0, 1.0), (1.0, 0.0)])
+def test_the_comparison_sees_the_id_adapter_and_posenet(tiny_set, reference, id_strength, pose_strength):
+    ours, _ = _our_trajectory(tiny_set, id_strength, pose_strength)
+    assert (ours - reference).abs().max().item() > 10 * TOL
 
 
 def test_official_sigmas_for_25_steps():

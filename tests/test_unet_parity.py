@@ -105,8 +105,12 @@ def test_build_refuses_a_unet_missing_a_tensor(weights):
         build_svd_model(conv.unet, "fp32", "partial")
 
 
-@pytest.mark.parametrize("dtype,expected", [("fp16", torch.float16), ("bf16", torch.bfloat16), ("fp32", torch.float32)])
-def test_weight_dtype_option(weights, dtype, expected):
+@pytest.mark.parametrize("dtype,expected", [("fp16", torch.float16), ("bf16", torch.bfloat16), ("fp32", torch.float32),
+                                            ("fp8_e4m3fn", torch.float8_e4m3fn), ("fp8_e5m2", torch.float8_e5m2)])
+def test_weight_dtype_option(weights, inputs, dtype, expected):
     conv = convert_stableanimator_unet(weights)
     patcher = build_svd_model(conv.unet, dtype, "tiny")
     assert patcher.model.diffusion_model.input_blocks[0][0].weight.dtype == expected
+    if dtype.startswith("fp8"):   # stored in 8 bits, computed through ComfyUI's manual cast
+        out = comfy_forward(patcher, inputs)
+        assert torch.isfinite(out).all()
