@@ -104,9 +104,8 @@ class AnimationConditioning(io.ComfyNode):
                 io.Vae.Input("vae", tooltip="SVD-xt VAE."),
                 io.Image.Input("image", tooltip="The reference image (first of the batch)."),
                 types.FaceConditioning.Input("face_conditioning", tooltip="From Face Encode (its CLIP token is used here)."),
-                io.Int.Input("width", default=512, min=64, max=4096, step=64, tooltip="Generation width (StableAnimator: 512 or 576)."),
-                io.Int.Input("height", default=512, min=64, max=4096, step=64, tooltip="Generation height (512 or 1024)."),
-                io.Int.Input("length", default=16, min=1, max=10000, tooltip="Number of frames; match the pose images."),
+                io.Image.Input("pose_images", tooltip="The skeleton images (Render Skeleton): their size is the generation "
+                               "size and their count the number of frames."),
                 io.Int.Input("fps", default=7, min=1, max=60, tooltip="Frame-rate conditioning (official: 7; the model sees fps-1)."),
                 io.Int.Input("motion_bucket_id", default=127, min=1, max=1023, tooltip="Motion amount conditioning (official: 127)."),
                 io.Float.Input("noise_aug_strength", default=0.02, min=0.0, max=1.0, step=0.01,
@@ -116,15 +115,17 @@ class AnimationConditioning(io.ComfyNode):
             outputs=[
                 io.Conditioning.Output(display_name="positive"),
                 io.Conditioning.Output(display_name="negative"),
-                io.Latent.Output(display_name="latent", tooltip="Empty latent of `length` frames."),
+                io.Latent.Output(display_name="latent", tooltip="Empty latent, one frame per pose image."),
             ],
         )
 
     @classmethod
-    def execute(cls, vae, image, face_conditioning, width, height, length, fps, motion_bucket_id, noise_aug_strength,
+    def execute(cls, vae, image, face_conditioning, pose_images, fps, motion_bucket_id, noise_aug_strength,
                 seed) -> io.NodeOutput:
+        length, height, width = pose_images.shape[0], pose_images.shape[1], pose_images.shape[2]
         if width % 64 or height % 64:
-            raise ValueError(f"width and height must be multiples of 64 (got {width}x{height}); StableAnimator uses 512x512 or 576x1024.")
+            raise ValueError(f"The pose images are {width}x{height}; the generation size must be a multiple of 64 "
+                             "(StableAnimator uses 512x512 or 576x1024). Set it in Render Skeleton.")
         if (width, height) not in ((512, 512), (576, 1024)):
             logger.warning("StableAnimator was trained at 512x512 and 576x1024; %dx%d may look worse.", width, height)
         ref = _lanczos(image[0], width, height)[None]                                         # [1, H, W, 3] in [0, 1]

@@ -231,3 +231,32 @@ def write_svd_xt(path, seed: int = 7) -> Path:
 def cached_svd_xt(cache_dir) -> Path:
     """The SVD-xt test checkpoint, built once per factory version (about 1.5 GB)."""
     return write_svd_xt(Path(cache_dir) / f"svd_xt_random_v{FACTORY_VERSION}.safetensors")
+
+
+def write_video(path, frames, fps: int = 8) -> Path:
+    """``frames [F, H, W, 3]`` uint8 -> an MPEG-4 file ComfyUI's Load Video reads."""
+    import av
+
+    path = Path(path)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def driving_frames(count: int = 20, size=(96, 128)):
+    """A figure-like blob walking right, as RGB uint8 frames."""
+    import numpy as np
+
+    h, w = size
+    frames = np.zeros((count, h, w, 3), np.uint8) + 25
+    for i in range(count):
+        x = 10 + i * (w - 40) // max(1, count - 1)
+        frames[i, 20:90, x:x + 20] = (60, 120, 200)
+        frames[i, 8:20, x + 4:x + 16] = (220, 180, 150)
+    return frames

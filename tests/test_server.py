@@ -18,6 +18,17 @@ OUR_NODES = {"IDA_LoadAnimationUNet", "IDA_LoadPoseNet", "IDA_LoadFaceEncoder", 
              "IDA_LoadDWPose", "IDA_DWPoseExtract", "IDA_PoseAlign", "IDA_PoseRender",
              "IDA_LoadFaceAnalysis", "IDA_FaceEmbed", "IDA_FaceEncode", "IDA_FaceBoxes"}
 FACE_WORKFLOW = ROOT / "workflows" / "api" / "face_embed_boxes.json"
+ANIMATE_WORKFLOW = ROOT / "workflows" / "api" / "animate.json"
+OUR_NODES |= {"IDA_ApplyStableAnimator", "IDA_AnimationConditioning", "IDA_AnimationSampler", "IDA_AnimationWindows",
+              "IDA_AnimationSigmas", "IDA_AnimationNoise", "IDA_AnimationDecode"}
+
+
+def animate_prompt(steps=3, size=64):
+    prompt = json.loads(ANIMATE_WORKFLOW.read_text())
+    prompt["1"]["inputs"]["image"] = "face_reference.png"
+    prompt["8"]["inputs"].update(width=size, height=size)
+    prompt["18"]["inputs"]["steps"] = steps
+    return prompt
 POSE_WORKFLOW = ROOT / "workflows" / "api" / "pose_extract_align_render.json"
 
 
@@ -49,6 +60,9 @@ def server(tmp_path_factory, tiny_set, svd_xt_file):
     from identity_animator.models.iresnet import IResNet
 
     Image.fromarray(face_image()).save(base / "input" / "face_reference.png")
+    from ida_factory import driving_frames, write_video
+
+    write_video(base / "input" / "driving.mp4", driving_frames(20))
     export_antelopev2(models / "insightface", IResNet.from_state_dict(load_state_dict(str(tiny_set["glintr100_torch.pth"]))))
     with ComfyServer(COMFY_DIR, base, extra_args=["--extra-model-paths-config", str(yaml)]) as srv:
         yield srv
@@ -149,3 +163,40 @@ def test_face_embed_without_a_face_is_a_readable_error(server):
     result = server.client.run(prompt, timeout=300)
     assert result.status == "error" and result.error["node_type"] == "IDA_FaceEmbed"
     assert "No face found in the reference image" in result.error["exception_message"]
+
+
+def test_full_animation_through_the_server(server):
+    """Reference image + driving video -> DWPose -> align -> face -> sampler (two windows) -> saved video."""
+    import time
+
+    start = time.monotonic()
+    result = server.client.run(animate_prompt(), timeout=600)
+    took = time.monotonic() - start
+    assert result.status == "success", result.error
+    assert took < 60, f"the tiny end-to-end animation took {took:.0f} s on CPU"
+    videos = result.outputs["20"]["images"]
+    path = server.base_dir / "output" / videos[0]["subfolder"] / videos[0]["filename"]
+    import av
+
+    with av.open(str(path)) as f:
+        n = sum(1 for _ in f.decode(video=0))
+        assert n == 20
+    sampler_progress = [e for e in result.events if e["type"] == "progress" and e["data"]["node"] == "18"]
+    assert sampler_progress and sampler_progress[-1]["data"]["value"] == sampler_progress[-1]["data"]["max"] == 3
+
+
+def test_cancel_mid_sampling_leaves_the_server_healthy(server):
+    state = {"sent": False}
+
+    def interrupt_once_sampling(event):
+        if not state["sent"] and event["type"] == "progress" and event["data"].get("node") == "18":
+            state["sent"] = True
+            server.client.interrupt()
+
+    prompt = animate_prompt(steps=200)
+    prompt["18"]["inputs"]["seed"] = 5      # not cached from the previous test
+    result = server.client.run(prompt, timeout=600, on_event=interrupt_once_sampling)
+    assert state["sent"] and result.status == "interrupted"
+    again = animate_prompt()
+    again["18"]["inputs"]["seed"] = 6
+    assert server.client.run(again, timeout=600).status == "success"

@@ -61,8 +61,14 @@ class ComfyClient:
         body = {"prompt": prompt, "client_id": self.client_id, "prompt_id": prompt_id or uuid.uuid4().hex}
         return self.post_json("/prompt", body)["prompt_id"]
 
-    def run(self, prompt: dict, timeout: float = 600) -> PromptResult:
-        """Queue ``prompt`` and follow the websocket until it succeeds, fails or is interrupted."""
+    def interrupt(self) -> None:
+        self.post_json("/interrupt", {})
+
+    def run(self, prompt: dict, timeout: float = 600, on_event=None) -> PromptResult:
+        """Queue ``prompt`` and follow the websocket until it succeeds, fails or is interrupted.
+
+        ``on_event(event)`` is called for every JSON event of this prompt (e.g. to interrupt it).
+        """
         import websocket  # websocket-client
 
         ws_url = self.base_url.replace("http", "ws", 1) + f"/ws?clientId={self.client_id}"
@@ -83,6 +89,8 @@ class ComfyClient:
                 if data.get("prompt_id", prompt_id) != prompt_id:
                     continue
                 events.append(event)
+                if on_event is not None:
+                    on_event(event)
                 kind = event["type"]
                 if kind == "execution_error":
                     status, error = "error", data
