@@ -12,7 +12,7 @@ test: setup
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) tools/demo.py
+	$(PY) tools/demo.py $(if $(REF),--reference $(REF)) $(if $(DRIVING),--driving $(DRIVING))
 
 convert: setup
 	$(PY) tools/convert_checkpoints.py $(FILES)

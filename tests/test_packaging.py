@@ -56,10 +56,22 @@ def test_no_unsafe_torch_load_and_no_print():
             assert "strict=False" not in text
 
 
-def test_every_node_has_a_help_page(comfy_folders):
-    from identity_animator.nodes import face, loaders, pose
+def all_nodes():
+    import asyncio
 
-    for node in [*loaders.NODES, *pose.NODES, *face.NODES]:
-        node_id = node.define_schema().node_id
-        page = ROOT / "web" / "docs" / f"{node_id}.md"
+    from identity_animator.nodes import IdentityAnimatorExtension
+
+    return asyncio.run(IdentityAnimatorExtension().get_node_list())
+
+
+def test_every_node_has_a_help_page_tooltips_and_the_prefix(comfy_folders):
+    for node in all_nodes():
+        schema = node.define_schema()
+        assert schema.node_id.startswith("IDA_") and schema.category.startswith("Identity Animator/")
+        page = ROOT / "web" / "docs" / f"{schema.node_id}.md"
         assert page.is_file(), f"missing help page {page.name}"
+        for item in schema.inputs:
+            assert item.tooltip, f"{schema.node_id}.{item.id} has no tooltip"
+        for item in schema.outputs:
+            assert item.tooltip or item.io_type in ("CONDITIONING", "MODEL", "SIGMAS", "NOISE"), \
+                f"{schema.node_id} output {item.display_name} has no tooltip"

@@ -1,11 +1,10 @@
-"""`make demo`: start ComfyUI headless on loopback, queue the example workflow through /prompt,
-follow /ws, and print where the output is.
+"""`make demo`: start ComfyUI headless on loopback, queue the full animation workflow
+(workflows/api/animate.json) through /prompt, follow /ws, and print where the video is.
 
-With the official weights in ComfyUI/models (stableanimator/unet.pth, checkpoints/svd_xt.safetensors)
-it runs them; otherwise it runs the same graph on random weights and says so loudly.
-It runs the longest chain of this pack's stages that exists today: the official StableAnimator UNet
-loaded into ComfyUI's native SVD model, driven by ComfyUI's SVD image-to-video conditioning.
-Pose, face and the StableAnimator sampler join the chain as their issues land.
+With every official model file in ComfyUI/models it animates your reference image with your driving
+video (REF=... DRIVING=...). Otherwise it runs the same graph on tiny random weights (and a drawn
+reference and driving clip) and says so loudly: the output is noise, but it went through every stage
+in a real ComfyUI server.
 """
 from __future__ import annotations
 
@@ -14,6 +13,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,22 +22,25 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 from ida_server import ComfyServer  # noqa: E402
 
-WORKFLOW = ROOT / "workflows" / "api" / "animation_unet_svd_preview.json"
-REAL_FILES = {"stableanimator": ["unet"], "checkpoints": ["svd_xt"]}
+WORKFLOW = ROOT / "workflows" / "api" / "animate.json"
 
 
-def find_real_weights(models: Path) -> dict[str, str] | None:
-    found = {}
-    for stem in ("unet",):
-        for ext in (".safetensors", ".pth"):
-            if (models / "stableanimator" / f"{stem}{ext}").is_file():
-                found[stem] = f"{stem}{ext}"
-                break
-    svd = sorted((models / "checkpoints").glob("svd_xt*.safetensors")) if (models / "checkpoints").is_dir() else []
-    svd = [p for p in svd if "image_decoder" not in p.name]
-    if svd:
-        found["svd_xt"] = svd[0].name
-    return found if len(found) == 2 else None
+def missing_real_files(models: Path) -> list[str]:
+    def has(folder, *stems):
+        return any((models / folder / f"{s}{ext}").is_file() for s in stems for ext in (".safetensors", ".pth"))
+
+    need = []
+    for stem in ("unet", "pose_net", "face_encoder"):
+        if not has("stableanimator", stem):
+            need.append(f"stableanimator/{stem}.pth")
+    if not [p for p in (models / "checkpoints").glob("svd_xt*.safetensors") if "decoder" not in p.name] if (models / "checkpoints").is_dir() else True:
+        need.append("checkpoints/svd_xt.safetensors")
+    for f in ("yolox_l.onnx", "dw-ll_ucoco_384.onnx"):
+        if not (models / "dwpose" / f).is_file():
+            need.append(f"dwpose/{f}")
+    if not list((models / "insightface" / "models" / "antelopev2").glob("*.onnx")):
+        need.append("insightface/models/antelopev2/*.onnx")
+    return need
 
 
 def banner(lines: list[str]) -> None:
@@ -48,68 +51,75 @@ def banner(lines: list[str]) -> None:
     print("#" * width + "\n", flush=True)
 
 
-def reference_image(path: Path, size=(512, 512)) -> None:
-    from PIL import Image, ImageDraw
+def prepare_random_weights(base: Path) -> None:
+    """Tiny official-layout checkpoints and ONNX stand-ins with the real I/O contracts."""
+    from ida_face_models import export_antelopev2, face_image
+    from ida_factory import cached_svd_xt, driving_frames, write_stableanimator_set, write_video
+    from ida_onnx_models import export
+    from PIL import Image
 
-    img = Image.new("RGB", size, (200, 210, 225))
-    d = ImageDraw.Draw(img)
-    w, h = size
-    d.ellipse([w * 0.42, h * 0.08, w * 0.58, h * 0.26], fill=(224, 186, 160))  # head
-    d.rectangle([w * 0.38, h * 0.27, w * 0.62, h * 0.6], fill=(60, 90, 160))     # torso
-    d.rectangle([w * 0.4, h * 0.6, w * 0.48, h * 0.92], fill=(40, 40, 60))       # legs
-    d.rectangle([w * 0.52, h * 0.6, w * 0.6, h * 0.92], fill=(40, 40, 60))
-    img.save(path)
+    models = base / "models"
+    files = write_stableanimator_set(models / "stableanimator")
+    (models / "checkpoints").mkdir(parents=True, exist_ok=True)
+    link = models / "checkpoints" / "svd_xt.safetensors"
+    if not link.exists():
+        link.symlink_to(cached_svd_xt(ROOT / ".cache" / "test-weights"))
+    export(models / "dwpose", planted=True)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("identity_animator", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    pack = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("identity_animator", pack)
+    spec.loader.exec_module(pack)
+    from identity_animator.models.checkpoint import load_state_dict
+    from identity_animator.models.iresnet import IResNet
+
+    export_antelopev2(models / "insightface", IResNet.from_state_dict(load_state_dict(str(files["glintr100_torch.pth"]))))
+    (base / "input").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(face_image()).save(base / "input" / "reference.png")
+    write_video(base / "input" / "driving.mp4", driving_frames(20))
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reference", help="reference image (default: a drawn placeholder figure)")
+    ap.add_argument("--reference", default=os.environ.get("REF"), help="reference image (real weights)")
+    ap.add_argument("--driving", default=os.environ.get("DRIVING"), help="driving video (real weights)")
     ap.add_argument("--timeout", type=float, default=3600)
     args = ap.parse_args()
 
     comfy = Path(os.environ.get("COMFYUI_DIR") or ROOT / ".host" / "ComfyUI")
     prompt = json.loads(WORKFLOW.read_text())
-    real = find_real_weights(comfy / "models")
-    if real:
+    missing = missing_real_files(comfy / "models")
+    if not missing:
+        if not (args.reference and args.driving):
+            print("All official models are in place. Give the inputs: make demo REF=person.png DRIVING=dance.mp4")
+            return 2
         base = comfy
-        prompt["3"]["inputs"]["unet_name"] = real["unet"]
-        prompt["2"]["inputs"]["ckpt_name"] = real["svd_xt"]
-        banner([f"Official weights found in {comfy / 'models'}: running them."])
+        (base / "input").mkdir(exist_ok=True)
+        shutil.copy(args.reference, base / "input" / "reference.png")
+        shutil.copy(args.driving, base / "input" / "driving.mp4")
+        banner([f"Official weights found in {comfy / 'models'}: animating {args.reference} with {args.driving}."])
     else:
-        from ida_factory import cached_svd_xt, write_stableanimator_set
-
         base = ROOT / ".host" / "demo-random-weights"
         banner([
-            "NO OFFICIAL WEIGHTS FOUND - THIS DEMO RUNS ON RANDOM WEIGHTS.",
-            "The output is noise. It proves the graph runs end to end through a real ComfyUI server.",
-            f"Put Animation/unet.pth in {comfy / 'models' / 'stableanimator'} and svd_xt.safetensors",
-            f"in {comfy / 'models' / 'checkpoints'} to animate for real (see README, Models).",
+            "NO OFFICIAL WEIGHTS FOUND - THIS DEMO RUNS ON TINY RANDOM WEIGHTS.",
+            "The video is noise. It proves the full graph runs through a real ComfyUI server:",
+            "DWPose -> Pose Align -> skeletons -> face -> StableAnimator sampler (2 windows) -> video.",
+            f"Missing in {comfy / 'models'}: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}",
+            "See the README's Models section for where each file goes.",
         ])
-        models = base / "models"
-        write_stableanimator_set(models / "stableanimator")
-        ckpts = models / "checkpoints"
-        ckpts.mkdir(parents=True, exist_ok=True)
-        svd = cached_svd_xt(ROOT / ".cache" / "test-weights")
-        link = ckpts / "svd_xt.safetensors"
-        if not link.exists():
-            link.symlink_to(svd)
-        # small enough for a CPU: 64x64, 4 frames, 3 steps
-        prompt["4"]["inputs"].update(width=64, height=64, video_frames=4)
-        prompt["6"]["inputs"]["steps"] = 3
-    (base / "input").mkdir(parents=True, exist_ok=True)
-    ref = base / "input" / "reference.png"
-    if args.reference:
-        shutil.copy(args.reference, ref)
-    elif not ref.exists():
-        reference_image(ref)
-
+        prepare_random_weights(base)
+        prompt["8"]["inputs"].update(width=64, height=64)     # small enough for a CPU
+        prompt["18"]["inputs"]["steps"] = 3
     with ComfyServer(comfy, base) as server:
         print(f"ComfyUI is serving on {server.url} (log: {server.log_path})", flush=True)
+        start = time.monotonic()
         result = server.client.run(prompt, timeout=args.timeout)
         if result.status != "success":
             print(f"The prompt ended with {result.status}: {json.dumps(result.error, indent=1)[:3000]}")
             print(server.log_tail())
             return 1
+        print(f"animation finished in {time.monotonic() - start:.1f} s")
     files = [base / "output" / i.get("subfolder", "") / i["filename"]
              for out in result.outputs.values() for i in out.get("images", [])]
     for f in files:
