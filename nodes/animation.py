@@ -113,8 +113,8 @@ class AnimationConditioning(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, tooltip="Seed of that noise."),
             ],
             outputs=[
-                io.Conditioning.Output(display_name="positive"),
-                io.Conditioning.Output(display_name="negative"),
+                io.Conditioning.Output(display_name="positive", tooltip="CLIP token, reference latent, fps/motion/augmentation."),
+                io.Conditioning.Output(display_name="negative", tooltip="All zeros, as the official unconditional pass."),
                 io.Latent.Output(display_name="latent", tooltip="Empty latent, one frame per pose image."),
             ],
         )

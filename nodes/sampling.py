@@ -167,7 +167,7 @@ class AnimationWindows(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, tooltip="Seed of the window shift."),
                 *_WINDOW_INPUTS(),
             ],
-            outputs=[io.Model.Output(display_name="model")],
+            outputs=[io.Model.Output(display_name="model", tooltip="The model with windows and per-frame CFG, for a CFG Guider.")],
         )
 
     @classmethod
@@ -184,7 +184,7 @@ class AnimationSigmas(io.ComfyNode):
             node_id="IDA_AnimationSigmas", display_name="Animation Sigmas", category=types.CAT_SAMPLING,
             description=cls.__doc__.strip(),
             inputs=[io.Int.Input("steps", default=25, min=1, max=200, tooltip="Denoising steps (official: 25).")],
-            outputs=[io.Sigmas.Output(display_name="sigmas")],
+            outputs=[io.Sigmas.Output(display_name="sigmas", tooltip="steps + 1 noise levels, ending at 0.")],
         )
 
     @classmethod
@@ -204,7 +204,7 @@ class AnimationNoise(io.ComfyNode):
                 io.Int.Input("seed", default=23123134, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True, tooltip="Noise seed."),
                 io.Int.Input("period", default=16, min=1, max=1024, tooltip="Repeat period in frames (the window length)."),
             ],
-            outputs=[io.Noise.Output(display_name="noise")],
+            outputs=[io.Noise.Output(display_name="noise", tooltip="For SamplerCustomAdvanced.")],
         )
 
     @classmethod
