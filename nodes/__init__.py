@@ -6,9 +6,10 @@ from .folders import register_model_folders
 
 class IdentityAnimatorExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        from . import animation, decode, face, loaders, pose, sampling
+        from . import animation, decode, face, loaders, pose, refine, sampling
 
-        return [*loaders.NODES, *pose.NODES, *face.NODES, *animation.NODES, *sampling.NODES, *decode.NODES]
+        return [*loaders.NODES, *pose.NODES, *face.NODES, *animation.NODES, *sampling.NODES, *refine.NODES,
+                *decode.NODES]
 
 
 def create_extension() -> IdentityAnimatorExtension:

@@ -126,6 +126,8 @@ class AnimationSampler(io.ComfyNode):
                 io.Float.Input("max_cfg", default=3.0, min=1.0, max=20.0, step=0.1,
                                tooltip="Guidance at the last frame; in between it rises linearly."),
                 *_WINDOW_INPUTS(),
+                io.Sampler.Input("sampler", optional=True,
+                                 tooltip="Optional: another SAMPLER, e.g. Face Refine Sampler (HJB). Default: Euler."),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="Denoised video latent.")],
         )
@@ -140,13 +142,14 @@ class AnimationSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, latent, seed, steps, min_cfg, max_cfg, schedule, window_length,
-                window_overlap, shift, wrap) -> io.NodeOutput:
+                window_overlap, shift, wrap, sampler=None) -> io.NodeOutput:
         m = with_windows(model, schedule, window_length, window_overlap, shift, seed, wrap, min_cfg, max_cfg)
         samples = latent["samples"]
         noise = PeriodicNoise(seed, window_length).generate_noise(latent)
         sigmas = official_sigmas(steps)
         callback = latent_preview.prepare_callback(m, steps)
-        out = comfy.sample.sample_custom(m, noise, max_cfg, comfy.samplers.sampler_object("euler"), sigmas, positive,
+        sampler = sampler if sampler is not None else comfy.samplers.sampler_object("euler")
+        out = comfy.sample.sample_custom(m, noise, max_cfg, sampler, sigmas, positive,
                                          negative, samples, callback=callback, disable_pbar=True, seed=seed)
         return io.NodeOutput({"samples": out.to(mm.intermediate_device())})
 

@@ -19,7 +19,8 @@ OUR_NODES = {"IDA_LoadAnimationUNet", "IDA_LoadPoseNet", "IDA_LoadFaceEncoder", 
              "IDA_LoadFaceAnalysis", "IDA_FaceEmbed", "IDA_FaceEncode", "IDA_FaceBoxes"}
 FACE_WORKFLOW = ROOT / "workflows" / "api" / "face_embed_boxes.json"
 ANIMATE_WORKFLOW = ROOT / "workflows" / "api" / "animate.json"
-OUR_NODES |= {"IDA_ApplyStableAnimator", "IDA_AnimationConditioning", "IDA_AnimationSampler", "IDA_AnimationWindows",
+REFINE_WORKFLOW = ROOT / "workflows" / "api" / "animate_face_refine.json"
+OUR_NODES |= {"IDA_FaceRefineSampler", "IDA_ApplyStableAnimator", "IDA_AnimationConditioning", "IDA_AnimationSampler", "IDA_AnimationWindows",
               "IDA_AnimationSigmas", "IDA_AnimationNoise", "IDA_AnimationDecode"}
 
 
@@ -200,3 +201,16 @@ def test_cancel_mid_sampling_leaves_the_server_healthy(server):
     again = animate_prompt()
     again["18"]["inputs"]["seed"] = 6
     assert server.client.run(again, timeout=600).status == "success"
+
+
+def test_full_animation_with_face_refinement_on_cpu(server):
+    prompt = json.loads(REFINE_WORKFLOW.read_text())
+    prompt["1"]["inputs"]["image"] = "face_reference.png"
+    prompt["8"]["inputs"].update(width=64, height=64)
+    prompt["22"]["inputs"].update(width=64, height=64)
+    prompt["18"]["inputs"]["steps"] = 2
+    prompt["23"]["inputs"].update(end_step=1, iterations=1, chunk=8)
+    result = server.client.run(prompt, timeout=600)
+    assert result.status == "success", result.error
+    assert "Face refinement step 0/2: identity similarity" in server.log()
+    assert len(result.outputs["20"]["images"]) == 1

@@ -1,0 +1,148 @@
+"""HJB face refinement as a ComfyUI SAMPLER (Euler, or Algorithm 1's stochastic Heun).
+
+ComfyUI runs nodes under ``torch.inference_mode()``, whose tensors can never be saved for backward,
+and its model management re-creates weights as inference tensors. So refinement works on a private
+copy of the VAE decoder made outside inference mode (built when sampling starts, freed when it ends)
+and on the ArcFace network from Load ArcFace (also built outside inference mode).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+import comfy.model_management as mm
+import comfy.samplers
+from comfy_api.latest import io
+
+from ..models.face_refine import FaceRefiner, RefineSchedule, boxes_from_masks, reference_embedding
+from ..models.samplers import sample_euler, sample_heun_churn
+from . import types
+
+logger = logging.getLogger(__name__)
+
+SAMPLERS = {"euler": sample_euler, "heun_churn": sample_heun_churn}
+
+
+def checkpointed_decode(decoder, z: torch.Tensor) -> torch.Tensor:
+    """ComfyUI's ``Decoder.forward`` stage by stage under gradient checkpointing: only stage inputs are
+    kept for backward, each stage is recomputed once during it. ``z`` is an unscaled VAE latent; like
+    ComfyUI's own decode, the temporal blocks treat the whole batch as one clip."""
+    ck = lambda fn, x: checkpoint(fn, x, use_reentrant=False)
+    h = decoder.conv_in(z)
+    h = ck(lambda x: decoder.mid.block_2(decoder.mid.attn_1(decoder.mid.block_1(x, None)), None), h)
+    for level in reversed(range(decoder.num_resolutions)):
+        up = decoder.up[level]
+
+        def stage(x, up=up, level=level):
+            for i in range(decoder.num_res_blocks + 1):
+                x = up.block[i](x, None)
+                if len(up.attn) > 0:
+                    x = up.attn[i](x)
+            return up.upsample(x) if level != 0 else x
+
+        h = ck(stage, h)
+    return ck(lambda x: decoder.conv_out(F.silu(decoder.norm_out(x))), h)
+
+
+class GradDecoder:
+    """A gradient-capable copy of the VAE decoder on ``device``; model-space latents in, [-1, 1] pixels out."""
+
+    def __init__(self, vae, latent_out, device, dtype):
+        with torch.inference_mode(False):
+            self.decoder = copy.deepcopy(vae.first_stage_model.decoder).to(device, dtype).requires_grad_(False)
+        self.latent_out, self.device, self.dtype = latent_out, device, dtype
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        return checkpointed_decode(self.decoder, self.latent_out(z).to(self.device, self.dtype)).float()
+
+
+class RefineSamplerFunction:
+    """A k-diffusion-style sampler function that sets up refinement for one sampling run."""
+
+    def __init__(self, sampler: str, opts: dict):
+        self.sampler, self.opts = sampler, opts
+
+    def __call__(self, model, x, sigmas, extra_args=None, callback=None, disable=None, **churn):
+        o = self.opts
+        sample = SAMPLERS[self.sampler]
+        kwargs = churn if self.sampler == "heun_churn" else {}
+        if not o["enabled"]:
+            return sample(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, **kwargs)
+        masks = o["face_masks"]
+        if masks.shape[0] != x.shape[0] or masks.shape[1:] != (x.shape[2] * 8, x.shape[3] * 8):
+            raise ValueError(f"Face masks are {tuple(masks.shape)} but the video is {x.shape[0]} frames of "
+                             f"{x.shape[3] * 8}x{x.shape[2] * 8}: build them with Face Boxes at the generation size.")
+        base = model.inner_model.inner_model
+        device = x.device
+        dtype = torch.float32 if device.type == "cpu" else o["vae"].vae_dtype
+        decoder = GradDecoder(o["vae"], base.process_latent_out, device, dtype)
+        with torch.inference_mode(False):
+            arcface = o["arcface"].to(device)
+            ref = reference_embedding(arcface, o["reference"].to(device), o["face"].bbox)
+        refiner = FaceRefiner(decoder, arcface, ref, boxes_from_masks(masks), o["schedule"], margin=o["margin"],
+                              chunk=o["chunk"], crop=o["crop"], check_cancel=mm.throw_exception_if_processing_interrupted)
+        try:
+            return sample(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, refine=refiner, **kwargs)
+        finally:
+            o["arcface"].to(mm.unet_offload_device())
+            del decoder, refiner
+            mm.soft_empty_cache()
+
+
+class FaceRefineSampler(io.ComfyNode):
+    """A SAMPLER with StableAnimator's HJB face refinement: at each step in the window the predicted
+    clean video is nudged (Adam) so the ArcFace identity of every frame's face moves towards the
+    reference's. Plug it into Animation Sampler or SamplerCustomAdvanced."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="IDA_FaceRefineSampler", display_name="Face Refine Sampler (HJB)", category=types.CAT_SAMPLING,
+            description=cls.__doc__.strip(),
+            inputs=[
+                io.Vae.Input("vae", tooltip="SVD-xt VAE (a private copy of its decoder is used with gradients)."),
+                types.ArcFace.Input("arcface", tooltip="From Load ArcFace (PyTorch)."),
+                io.Image.Input("reference", tooltip="The reference image."),
+                types.Face.Input("face", tooltip="From Face Embed: the reference face box."),
+                io.Mask.Input("face_masks", tooltip="From Face Boxes, at the generation size: where each frame's face is."),
+                io.Boolean.Input("enabled", default=True, tooltip="Off: the plain sampler, no refinement."),
+                io.Combo.Input("sampler", options=list(SAMPLERS), default="euler",
+                               tooltip="euler: the official sampler. heun_churn: the supplement's Algorithm 1 "
+                               "(EDM stochastic Heun, two model calls per step)."),
+                io.Int.Input("start_step", default=0, min=0, max=1000, tooltip="First refined step (official: 0)."),
+                io.Int.Input("end_step", default=20, min=0, max=1000, tooltip="Last refined step (official: 20 of 25)."),
+                io.Int.Input("iterations", default=3, min=1, max=50, tooltip="Adam iterations per refined step (official code: 3)."),
+                io.Float.Input("lr", default=0.1, min=0.0, max=10.0, step=0.01,
+                               tooltip="Adam learning rate at step 0; it falls linearly: lr·(1 − step/steps) (official 0.1)."),
+                io.Int.Input("margin", default=32, min=0, max=512, step=8,
+                             tooltip="Pixels decoded around each face box for the decoder's context. Larger is closer "
+                             "to full-frame decoding and costs more."),
+                io.Boolean.Input("crop_decode", default=True,
+                                 tooltip="Decode only the face regions (fits 24 GB). Off decodes whole frames like the "
+                                 "official code (very memory hungry)."),
+                io.Int.Input("chunk", default=4, min=1, max=64, tooltip="Frames decoded with gradients at a time."),
+                io.Float.Input("s_churn", default=0.0, min=0.0, max=100.0, step=0.1, tooltip="heun_churn: amount of churn noise."),
+                io.Float.Input("s_tmin", default=0.0, min=0.0, max=1000.0, step=0.01, tooltip="heun_churn: churn only at sigma >= this."),
+                io.Float.Input("s_tmax", default=1000.0, min=0.0, max=1000.0, step=0.01, tooltip="heun_churn: churn only at sigma <= this."),
+                io.Float.Input("s_noise", default=1.0, min=0.0, max=2.0, step=0.001, tooltip="heun_churn: churn noise scale."),
+            ],
+            outputs=[io.Sampler.Output(display_name="sampler", tooltip="For Animation Sampler or SamplerCustomAdvanced.")],
+        )
+
+    @classmethod
+    def execute(cls, vae, arcface, reference, face, face_masks, enabled, sampler, start_step, end_step, iterations,
+                lr, margin, crop_decode, chunk, s_churn, s_tmin, s_tmax, s_noise) -> io.NodeOutput:
+        if enabled and not face.found:
+            raise ValueError("Face refinement needs the reference face, but Face Embed found none. "
+                             "Turn refinement off or use a reference with a visible face.")
+        opts = dict(vae=vae, arcface=arcface, reference=reference[0], face=face, face_masks=face_masks, enabled=enabled,
+                    schedule=RefineSchedule(start_step, end_step, iterations, lr), margin=margin, chunk=chunk, crop=crop_decode)
+        extra = {"s_churn": s_churn, "s_tmin": s_tmin, "s_tmax": s_tmax, "s_noise": s_noise} if sampler == "heun_churn" else {}
+        return io.NodeOutput(comfy.samplers.KSAMPLER(RefineSamplerFunction(sampler, opts), extra_options=extra))
+
+
+NODES = [FaceRefineSampler]
