@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo convert clean train-align eval-align
+.PHONY: setup test demo convert clean train-align eval-align bench
 
 setup:
 	bash tools/setup_host.sh
@@ -26,3 +26,7 @@ train-align: setup
 
 eval-align: setup
 	$(PY) tools/pose_align_learnable.py eval --ckpt models/data/learnable_align_v1.safetensors
+
+# sampler speed and memory without and with face refinement (real sizes on a GPU, tiny on a CPU)
+bench: setup
+	$(PY) tools/benchmark.py
