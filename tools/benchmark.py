@@ -135,14 +135,14 @@ def _device_name(real: bool) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=None, help="sampling steps (default 25 on GPU, 4 on CPU)")
+    ap.add_argument("--steps", type=int, default=None, help="sampling steps (default 25 on GPU, 2 on CPU)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = ap.parse_args(argv)
     import torch
 
     real = torch.cuda.is_available()
-    steps = args.steps or (25 if real else 4)
+    steps = args.steps or (25 if real else 2)
     if args.one:
         f, w, h, refine = (int(v) for v in args.one.split(","))
         print("RESULT " + json.dumps(run_one(f, w, h, bool(refine), steps, real)), flush=True)
