@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -202,4 +203,90 @@ class PoseRender(io.ComfyNode):
         return io.NodeOutput(out)
 
 
-NODES = [LoadDWPose, DWPoseExtract, PoseAlign, PoseRender]
+def _json_files() -> list[str]:
+    import folder_paths
+
+    base = folder_paths.get_input_directory()
+    out = []
+    for root, _, files in os.walk(base):
+        for f in files:
+            if f.lower().endswith(".json"):
+                out.append(os.path.relpath(os.path.join(root, f), base).replace(os.sep, "/"))
+    return sorted(out)
+
+
+class LoadPoseKeypoints(io.ComfyNode):
+    """Loads POSE_KEYPOINT from a JSON file in ComfyUI's input folder: the file comfyui_controlnet_aux's
+    Save Pose Keypoints writes (or ours), one OpenPose dict per frame."""
+
+    @classmethod
+    def define_schema(cls):
+        files = _json_files()
+        return io.Schema(
+            node_id="IDA_LoadPoseKeypoints", display_name="Load Pose Keypoints", category=types.CAT_POSE,
+            description=cls.__doc__.strip(),
+            inputs=[io.Combo.Input("file", options=files, default=files[0] if files else None,
+                                   tooltip="A .json file in ComfyUI/input (subfolders allowed).")],
+            outputs=[types.PoseKeypoint.Output(display_name="pose_keypoint", tooltip="The keypoints, one dict per frame.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, file):
+        import folder_paths
+
+        if not os.path.isfile(os.path.join(folder_paths.get_input_directory(), file)):
+            return f"Pose keypoint file not found in the input folder: {file}"
+        return True
+
+    @classmethod
+    def fingerprint_inputs(cls, file):
+        import folder_paths
+
+        return os.path.getmtime(os.path.join(folder_paths.get_input_directory(), file))
+
+    @classmethod
+    def execute(cls, file) -> io.NodeOutput:
+        import folder_paths
+
+        path = os.path.join(folder_paths.get_input_directory(), file)
+        with open(path, encoding="utf-8") as fh:
+            value = json.load(fh)
+        frames = kp.from_pose_keypoint(value)             # validates the structure, with a readable error
+        value = value if isinstance(value, list) else [value]
+        logger.info("Loaded %d pose frame(s) from %s", len(frames), file)
+        return io.NodeOutput(value, ui=_pose_json_ui(value))
+
+
+class SavePoseKeypoints(io.ComfyNode):
+    """Saves POSE_KEYPOINT as JSON in ComfyUI's output folder, in comfyui_controlnet_aux's format."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="IDA_SavePoseKeypoints", display_name="Save Pose Keypoints", category=types.CAT_POSE,
+            description=cls.__doc__.strip(), is_output_node=True,
+            inputs=[
+                types.PoseKeypoint.Input("pose_keypoint", tooltip="Keypoints to save."),
+                io.String.Input("filename_prefix", default="identity_animator/poses",
+                                tooltip="File name prefix inside ComfyUI/output; a counter is appended."),
+            ],
+            outputs=[],
+        )
+
+    @classmethod
+    def execute(cls, pose_keypoint, filename_prefix) -> io.NodeOutput:
+        import folder_paths
+
+        kp.from_pose_keypoint(pose_keypoint)
+        first = pose_keypoint[0] if isinstance(pose_keypoint, list) else pose_keypoint
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
+            filename_prefix, folder_paths.get_output_directory(), first["canvas_width"], first["canvas_height"])
+        file = f"{name}_{counter:05}.json"
+        with open(os.path.join(folder, file), "w", encoding="utf-8") as fh:
+            json.dump(pose_keypoint, fh)
+        logger.info("Saved %d pose frame(s) to %s", len(pose_keypoint), os.path.join(folder, file))
+        return io.NodeOutput(ui={"openpose_json": [json.dumps(pose_keypoint)],
+                                 "pose_files": [{"filename": file, "subfolder": subfolder, "type": "output"}]})
+
+
+NODES = [LoadDWPose, DWPoseExtract, PoseAlign, PoseRender, LoadPoseKeypoints, SavePoseKeypoints]

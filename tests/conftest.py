@@ -5,6 +5,7 @@ ComfyUI comes from ``COMFYUI_DIR`` or the host that ``make setup`` builds in ``.
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import json
 import os
 import sys
@@ -93,3 +94,47 @@ def comfy_folders(tmp_path_factory, tiny_set):
     folder_paths.folder_names_and_paths.clear()
     folder_paths.folder_names_and_paths.update(saved)
     folder_paths.filename_list_cache.clear()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, tiny_set, svd_xt_file):
+    base = tmp_path_factory.mktemp("comfy-base")
+    models = base / "models"
+    (models / "stableanimator").mkdir(parents=True)
+    for name, path in tiny_set.items():
+        shutil.copy(path, models / "stableanimator" / name)
+    (models / "checkpoints").mkdir()
+    (models / "checkpoints" / "svd_xt.safetensors").symlink_to(svd_xt_file)
+    from ida_onnx_models import export
+
+    export(models / "dwpose", planted=True)  # tiny models with DWPose's real input/output contracts
+    (models / "dwpose" / "notes.txt").write_text("not a model")
+    extra = tmp_path_factory.mktemp("extra-models")
+    (extra / "sa").mkdir()
+    shutil.copy(tiny_set["unet.pth"], extra / "sa" / "unet_from_yaml.pth")
+    yaml = extra / "extra_model_paths.yaml"
+    yaml.write_text(f"identity_animator_test:\n  base_path: {extra}\n  stableanimator: sa\n")
+    from PIL import Image
+
+    (base / "input").mkdir()
+    Image.new("RGB", (80, 64), (120, 60, 30)).save(base / "input" / "reference.png")
+    Image.new("RGB", (160, 120), (30, 60, 120)).save(base / "input" / "driving.png")
+    from ida_face_models import export_antelopev2, face_image
+    from identity_animator.models.checkpoint import load_state_dict
+    from identity_animator.models.iresnet import IResNet
+
+    Image.fromarray(face_image()).save(base / "input" / "face_reference.png")
+    from ida_factory import driving_frames, write_video
+
+    write_video(base / "input" / "driving.mp4", driving_frames(20))
+    export_antelopev2(models / "insightface", IResNet.from_state_dict(load_state_dict(str(tiny_set["glintr100_torch.pth"]))))
+    from test_keypoints_skeleton import CN_AUX_FRAME
+
+    (base / "input" / "reference_pose.json").write_text(json.dumps([CN_AUX_FRAME]))
+    (base / "input" / "driving_poses.json").write_text(json.dumps([CN_AUX_FRAME] * 3))
+    from ida_server import ComfyServer
+
+    with ComfyServer(COMFY_DIR, base, extra_args=["--extra-model-paths-config", str(yaml)]) as srv:
+        yield srv
+
+

@@ -13,14 +13,15 @@ import pytest
 from conftest import COMFY_DIR, ROOT
 from ida_server import ComfyServer
 
-WORKFLOW = ROOT / "workflows" / "api" / "animation_unet_svd_preview.json"
+WORKFLOW = ROOT / "tests" / "data" / "unet_svd_preview.json"  # core SVD nodes driving our UNet
 OUR_NODES = {"IDA_LoadAnimationUNet", "IDA_LoadPoseNet", "IDA_LoadFaceEncoder", "IDA_LoadArcFace", "IDA_LoadSVDBase",
              "IDA_LoadDWPose", "IDA_DWPoseExtract", "IDA_PoseAlign", "IDA_PoseRender",
              "IDA_LoadFaceAnalysis", "IDA_FaceEmbed", "IDA_FaceEncode", "IDA_FaceBoxes"}
 FACE_WORKFLOW = ROOT / "workflows" / "api" / "face_embed_boxes.json"
 ANIMATE_WORKFLOW = ROOT / "workflows" / "api" / "animate.json"
 REFINE_WORKFLOW = ROOT / "workflows" / "api" / "animate_face_refine.json"
-OUR_NODES |= {"IDA_FaceRefineSampler", "IDA_ApplyStableAnimator", "IDA_AnimationConditioning", "IDA_AnimationSampler", "IDA_AnimationWindows",
+KEYPOINTS_WORKFLOW = ROOT / "workflows" / "api" / "pose_from_keypoints_json.json"
+OUR_NODES |= {"IDA_LoadPoseKeypoints", "IDA_SavePoseKeypoints", "IDA_FaceRefineSampler", "IDA_ApplyStableAnimator", "IDA_AnimationConditioning", "IDA_AnimationSampler", "IDA_AnimationWindows",
               "IDA_AnimationSigmas", "IDA_AnimationNoise", "IDA_AnimationDecode"}
 
 
@@ -31,42 +32,6 @@ def animate_prompt(steps=3, size=64):
     prompt["18"]["inputs"]["steps"] = steps
     return prompt
 POSE_WORKFLOW = ROOT / "workflows" / "api" / "pose_extract_align_render.json"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_set, svd_xt_file):
-    base = tmp_path_factory.mktemp("comfy-base")
-    models = base / "models"
-    (models / "stableanimator").mkdir(parents=True)
-    for name, path in tiny_set.items():
-        shutil.copy(path, models / "stableanimator" / name)
-    (models / "checkpoints").mkdir()
-    (models / "checkpoints" / "svd_xt.safetensors").symlink_to(svd_xt_file)
-    from ida_onnx_models import export
-
-    export(models / "dwpose", planted=True)  # tiny models with DWPose's real input/output contracts
-    (models / "dwpose" / "notes.txt").write_text("not a model")
-    extra = tmp_path_factory.mktemp("extra-models")
-    (extra / "sa").mkdir()
-    shutil.copy(tiny_set["unet.pth"], extra / "sa" / "unet_from_yaml.pth")
-    yaml = extra / "extra_model_paths.yaml"
-    yaml.write_text(f"identity_animator_test:\n  base_path: {extra}\n  stableanimator: sa\n")
-    from PIL import Image
-
-    (base / "input").mkdir()
-    Image.new("RGB", (80, 64), (120, 60, 30)).save(base / "input" / "reference.png")
-    Image.new("RGB", (160, 120), (30, 60, 120)).save(base / "input" / "driving.png")
-    from ida_face_models import export_antelopev2, face_image
-    from identity_animator.models.checkpoint import load_state_dict
-    from identity_animator.models.iresnet import IResNet
-
-    Image.fromarray(face_image()).save(base / "input" / "face_reference.png")
-    from ida_factory import driving_frames, write_video
-
-    write_video(base / "input" / "driving.mp4", driving_frames(20))
-    export_antelopev2(models / "insightface", IResNet.from_state_dict(load_state_dict(str(tiny_set["glintr100_torch.pth"]))))
-    with ComfyServer(COMFY_DIR, base, extra_args=["--extra-model-paths-config", str(yaml)]) as srv:
-        yield srv
 
 
 def tiny_prompt(**unet_inputs) -> dict:
@@ -133,10 +98,12 @@ def test_pose_workflow_extract_align_render_preview(server):
     result = server.client.run(prompt, timeout=300)
     assert result.status == "success", result.error
     previews = result.outputs["9"]["images"]
-    assert len(previews) == 4
+    assert len(previews) == 20
     executed = {e["data"]["node"]: e["data"]["output"] for e in result.events if e["type"] == "executed"}
     poses = json.loads(executed["7"]["openpose_json"][0])      # controlnet_aux-style UI payload
-    assert len(poses) == 4 and poses[0]["canvas_width"] == 80 and len(poses[0]["people"]) == 2
+    assert len(poses) == 20 and poses[0]["canvas_width"] == 80 and len(poses[0]["people"]) == 2
+    saved = result.outputs["10"]["pose_files"][0]
+    assert json.loads((server.base_dir / "output" / saved["subfolder"] / saved["filename"]).read_text()) == poses
     from PIL import Image
 
     img = Image.open(server.base_dir / "temp" / previews[0]["subfolder"] / previews[0]["filename"])
@@ -214,3 +181,27 @@ def test_full_animation_with_face_refinement_on_cpu(server):
     assert result.status == "success", result.error
     assert "Face refinement step 0/2: identity similarity" in server.log()
     assert len(result.outputs["20"]["images"]) == 1
+
+
+def test_keypoints_from_a_controlnet_aux_json_file(server):
+    from test_keypoints_skeleton import CN_AUX_FRAME
+
+    (server.base_dir / "input" / "reference_pose.json").write_text(json.dumps([CN_AUX_FRAME]))
+    frames = []
+    for i in range(5):
+        f = json.loads(json.dumps(CN_AUX_FRAME))
+        f["people"][0]["pose_keypoints_2d"] = [v * 1.5 + (10 * i if k % 3 == 0 else 0) if k % 3 != 2 else v
+                                               for k, v in enumerate(f["people"][0]["pose_keypoints_2d"])]
+        frames.append(f)
+    (server.base_dir / "input" / "driving_poses.json").write_text(json.dumps(frames))
+    result = server.client.run(json.loads(KEYPOINTS_WORKFLOW.read_text()), timeout=300)
+    assert result.status == "success", result.error
+    assert len(result.outputs["5"]["images"]) == 5
+    saved = result.outputs["6"]["pose_files"][0]
+    aligned = json.loads((server.base_dir / "output" / saved["subfolder"] / saved["filename"]).read_text())
+    assert len(aligned) == 5 and aligned[0]["canvas_width"] == 512
+    (server.base_dir / "input" / "broken.json").write_text(json.dumps([{"people": []}]))
+    prompt = json.loads(KEYPOINTS_WORKFLOW.read_text())
+    prompt["2"]["inputs"]["file"] = "broken.json"
+    bad = server.client.run(prompt, timeout=300)
+    assert bad.status == "error" and "canvas_width" in bad.error["exception_message"]

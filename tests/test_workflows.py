@@ -1,0 +1,98 @@
+"""The shipped workflows: listed by ComfyUI's template browser, every UI node type and widget value valid
+for the live server's /object_info, links type-correct, and every API twin runs with tiny weights."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import ROOT
+
+UI = sorted(p for p in (ROOT / "workflows").glob("*.json"))
+API = sorted((ROOT / "workflows" / "api").glob("*.json"))
+WIDGETS = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
+
+
+@pytest.fixture(scope="module")
+def object_info(server):
+    return server.client.get_json("/object_info")
+
+
+def widget_specs(info):
+    for section in ("required", "optional"):
+        for name in info["input_order"].get(section, []):
+            spec = info["input"][section][name]
+            if isinstance(spec[0], list) or spec[0] in WIDGETS:
+                yield name, spec
+
+
+def check_value(node_type, name, spec, value):
+    kind, opts = spec[0], (spec[1] if len(spec) > 1 else {})
+    where = f"{node_type}.{name}={value!r}"
+    if isinstance(kind, list) or kind == "COMBO":
+        options = kind if isinstance(kind, list) else opts.get("options", [])
+        assert value in options, f"{where} is not one of {options[:8]}"
+    elif kind == "BOOLEAN":
+        assert isinstance(value, bool), where
+    elif kind in ("INT", "FLOAT"):
+        assert isinstance(value, (int, float)) and not isinstance(value, bool), where
+        assert opts.get("min", -float("inf")) <= value <= opts.get("max", float("inf")), f"{where} out of range"
+        if kind == "INT":
+            assert float(value).is_integer(), where
+    elif kind == "STRING":
+        assert isinstance(value, str), where
+
+
+def test_templates_are_listed(server):
+    listed = server.client.get_json("/api/workflow_templates")
+    assert sorted(listed["comfyui-identity-animator"]) == sorted(p.stem for p in UI)
+    for p in UI:
+        assert p.with_suffix(".jpg").is_file(), f"{p.name} has no thumbnail"
+
+
+@pytest.mark.parametrize("path", UI, ids=lambda p: p.name)
+def test_ui_workflow_matches_object_info(path, object_info):
+    wf = json.loads(path.read_text())
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    for node in wf["nodes"]:
+        assert node["type"] in object_info, f"{path.name}: unknown node type {node['type']}"
+        info = object_info[node["type"]]
+        values = list(node.get("widgets_values", []))
+        for name, spec in widget_specs(info):
+            assert values, f"{path.name}: {node['type']} is missing a value for {name}"
+            check_value(node["type"], name, spec, values.pop(0))
+            opts = spec[1] if len(spec) > 1 else {}
+            if opts.get("control_after_generate"):
+                assert values.pop(0) in CONTROL_VALUES
+            if opts.get("image_upload") or opts.get("video_upload"):
+                values.pop(0)
+        assert not values, f"{path.name}: {node['type']} has extra widget values {values}"
+    for link_id, src, src_slot, dst, dst_slot, kind in wf["links"]:
+        out_type = object_info[nodes[src]["type"]]["output"][src_slot]
+        target = nodes[dst]["inputs"][dst_slot]
+        assert target["link"] == link_id
+        assert kind == out_type and target["type"] in (out_type, "*"), f"{path.name}: link {link_id} {out_type} -> {target}"
+
+
+def tiny(prompt: dict) -> dict:
+    """The same graph at sizes a CPU handles in seconds."""
+    for node in prompt.values():
+        t, inp = node["class_type"], node["inputs"]
+        if t in ("IDA_PoseRender", "IDA_FaceBoxes"):
+            tall = inp.get("height", 512) > inp.get("width", 512)
+            inp.update(width=64, height=128 if tall else 64)
+        elif t == "IDA_AnimationSampler":
+            inp["steps"] = 2
+        elif t == "IDA_FaceRefineSampler":
+            inp.update(end_step=1, iterations=1, chunk=8)
+        elif t == "LoadImage" and inp["image"] == "reference.png":
+            inp["image"] = "face_reference.png"
+    return prompt
+
+
+@pytest.mark.parametrize("path", API, ids=lambda p: p.name)
+def test_api_workflow_runs_with_tiny_weights(path, server):
+    result = server.client.run(tiny(json.loads(path.read_text())), timeout=600)
+    assert result.status == "success", (path.name, result.error)
+    assert result.outputs, f"{path.name} produced no output"
