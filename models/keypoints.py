@@ -131,3 +131,32 @@ def from_pose_keypoint(value) -> list[PoseFrame]:
             people.append(Person(**kw))
         frames.append(PoseFrame(size[0], size[1], people))
     return frames
+
+
+def apply_edits(value: list[dict], edits: dict) -> list[dict]:
+    """A copy of ``value`` (POSE_KEYPOINT) with body joints moved:
+    ``edits = {"<frame>": {"<person>": {"<joint>": [x_px, y_px]}}}``. A moved joint counts as detected."""
+    import copy
+
+    # frame by frame: frames that are one shared object upstream must not share an edit
+    out = [copy.deepcopy(frame) for frame in value]
+    for f, people in edits.items():
+        frame = int(f)
+        if not 0 <= frame < len(out):
+            raise PoseFormatError(f"An edit names frame {frame}, but there are {len(out)} frames.")
+        for p, joints in people.items():
+            person = int(p)
+            if not 0 <= person < len(out[frame]["people"]):
+                raise PoseFormatError(f"An edit names person {person} in frame {frame}, which shows "
+                                      f"{len(out[frame]['people'])} people.")
+            entry = out[frame]["people"][person]
+            flat = entry.setdefault("pose_keypoints_2d", [0.0] * BODY * 3)
+            for j, (x, y) in joints.items():
+                j = int(j)
+                if not 0 <= j < BODY:
+                    raise PoseFormatError(f"Joint {j} is not one of the {BODY} body joints.")
+                flat[3 * j:3 * j + 3] = [float(x), float(y), 1.0]
+                scores = entry.get(SCORE_KEY, {}).get("body")
+                if scores is not None:
+                    scores[j] = max(scores[j], 1.0)
+    return out

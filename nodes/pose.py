@@ -289,4 +289,37 @@ class SavePoseKeypoints(io.ComfyNode):
                                  "pose_files": [{"filename": file, "subfolder": subfolder, "type": "output"}]})
 
 
-NODES = [LoadDWPose, DWPoseExtract, PoseAlign, PoseRender, LoadPoseKeypoints, SavePoseKeypoints]
+class PoseEdit(io.ComfyNode):
+    """Fix bad joints by hand: drag them in this node's preview (the moves are stored in the edits
+    widget, so they are saved with the workflow) and they are applied to the keypoints passing through."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="IDA_PoseEdit", display_name="Pose Edit", category=types.CAT_POSE,
+            description=cls.__doc__.strip(),
+            inputs=[
+                types.PoseKeypoint.Input("pose_keypoint", tooltip="Keypoints to correct (e.g. Pose Align's output)."),
+                io.String.Input("edits", default="{}", multiline=True,
+                                tooltip='Joint moves, written by dragging joints in the preview: '
+                                '{"frame": {"person": {"joint": [x, y]}}} in canvas pixels.'),
+            ],
+            outputs=[types.PoseKeypoint.Output(display_name="pose_keypoint", tooltip="The keypoints with the moves applied.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, edits):
+        try:
+            parsed = json.loads(edits or "{}")
+        except json.JSONDecodeError as exc:
+            return f"edits is not valid JSON ({exc}); clear it to '{{}}' or drag joints in the preview again."
+        return True if isinstance(parsed, dict) else "edits must be a JSON object."
+
+    @classmethod
+    def execute(cls, pose_keypoint, edits) -> io.NodeOutput:
+        value = kp.apply_edits(pose_keypoint if isinstance(pose_keypoint, list) else [pose_keypoint], json.loads(edits or "{}"))
+        kp.from_pose_keypoint(value)
+        return io.NodeOutput(value, ui=_pose_json_ui(value))
+
+
+NODES = [LoadDWPose, DWPoseExtract, PoseAlign, PoseRender, LoadPoseKeypoints, SavePoseKeypoints, PoseEdit]

@@ -132,6 +132,10 @@ def server(tmp_path_factory, tiny_set, svd_xt_file):
 
     (base / "input" / "reference_pose.json").write_text(json.dumps([CN_AUX_FRAME]))
     (base / "input" / "driving_poses.json").write_text(json.dumps([CN_AUX_FRAME] * 3))
+    # a returning user: no first-run templates dialog over the canvas in the browser tests
+    settings = base / "user" / "default" / "comfy.settings.json"
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))
     from ida_server import ComfyServer
 
     with ComfyServer(COMFY_DIR, base, extra_args=["--extra-model-paths-config", str(yaml)]) as srv:

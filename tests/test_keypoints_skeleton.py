@@ -127,3 +127,19 @@ def test_writes_controlnet_aux_pose_keypoint_and_keeps_scores():
 def test_malformed_pose_keypoint_is_named(bad, match):
     with pytest.raises(PoseFormatError, match=match):
         from_pose_keypoint(bad)
+
+
+def test_apply_edits_moves_joints_and_marks_them_detected():
+    from identity_animator.models.keypoints import apply_edits
+
+    value = [CN_AUX_FRAME, CN_AUX_FRAME]
+    out = apply_edits(value, {"1": {"0": {"17": [10.5, 20.0], "2": [1, 2]}}})
+    body = out[1]["people"][0]["pose_keypoints_2d"]
+    assert body[51:54] == [10.5, 20.0, 1.0] and body[6:9] == [1.0, 2.0, 1.0]
+    assert out[0] == CN_AUX_FRAME and value[1] == CN_AUX_FRAME      # input untouched
+    with pytest.raises(PoseFormatError, match="frame 5"):
+        apply_edits(value, {"5": {}})
+    with pytest.raises(PoseFormatError, match="person 3"):
+        apply_edits(value, {"0": {"3": {}}})
+    with pytest.raises(PoseFormatError, match="Joint 18"):
+        apply_edits(value, {"0": {"0": {"18": [0, 0]}}})

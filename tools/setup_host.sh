@@ -16,7 +16,7 @@ VENV="${VENV:-$ROOT/.venv}"
 HOST_DIR="$ROOT/.host"
 COMFY="${COMFYUI_DIR:-$HOST_DIR/ComfyUI}"
 PACK_LINK_NAME="comfyui-identity-animator"
-STAMP="$VENV/.identity-animator-host-v2"
+STAMP="$VENV/.identity-animator-host-v3"
 PY="${PYTHON:-python3}"
 CONSTRAINTS="$ROOT/tools/constraints-cpu.txt"
 
@@ -97,6 +97,16 @@ fi
 # rtmlib is the independent DWPose pipeline the pose tests compare against; its own requirements
 # would pull CUDA onnxruntime and more, and it needs none of them beyond what is installed
 "${PIP[@]}" --no-deps rtmlib==0.0.16
+
+# the frontend tests drive Debian's Chromium through Playwright (never `playwright install`)
+if ! command -v chromium >/dev/null 2>&1; then
+  if [[ "$(id -u)" == "0" ]] && command -v apt-get >/dev/null 2>&1; then
+    log "installing Chromium for the browser tests"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    log "Chromium is not installed: the browser tests will fail (apt-get install chromium)"
+  fi
+fi
 
 mkdir -p "$COMFY/custom_nodes"
 ln -sfn "$ROOT" "$COMFY/custom_nodes/$PACK_LINK_NAME"
