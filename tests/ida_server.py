@@ -29,10 +29,10 @@ class ComfyServer:
     into its custom_nodes and is the only custom node pack allowed to load.
     """
 
-    def __init__(self, comfy_dir, base_dir, python=sys.executable, extra_args=(), startup_timeout=180):
+    def __init__(self, comfy_dir, base_dir, python=sys.executable, extra_args=(), startup_timeout=180, port=None):
         self.comfy_dir, self.base_dir = Path(comfy_dir), Path(base_dir)
         self.python, self.extra_args, self.startup_timeout = python, list(extra_args), startup_timeout
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.client = ComfyClient(self.url)
         self.log_path = self.base_dir / "comfyui.log"

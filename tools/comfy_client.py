@@ -64,23 +64,44 @@ class ComfyClient:
     def interrupt(self) -> None:
         self.post_json("/interrupt", {})
 
-    def run(self, prompt: dict, timeout: float = 600, on_event=None) -> PromptResult:
+    def run(self, prompt: dict, timeout: float = 600, on_event=None, prompt_id: str | None = None) -> PromptResult:
         """Queue ``prompt`` and follow the websocket until it succeeds, fails or is interrupted.
 
         ``on_event(event)`` is called for every JSON event of this prompt (e.g. to interrupt it).
         """
+        return self._follow(lambda: self.queue(prompt, prompt_id), timeout, on_event)
+
+    def follow(self, prompt_id: str, timeout: float = 600, on_event=None) -> PromptResult:
+        """Follow a prompt that is already queued (e.g. by an earlier run of a batch)."""
+        def already_queued():
+            return prompt_id
+
+        result = self._follow(already_queued, timeout, on_event, poll_history=True)
+        return result
+
+    def _follow(self, start, timeout, on_event, poll_history=False) -> PromptResult:
         import websocket  # websocket-client
 
         ws_url = self.base_url.replace("http", "ws", 1) + f"/ws?clientId={self.client_id}"
-        ws = websocket.create_connection(ws_url, timeout=timeout)
+        ws = websocket.create_connection(ws_url, timeout=min(timeout, 5.0) if poll_history else timeout)
         try:
-            prompt_id = self.queue(prompt)
+            prompt_id = start()
             events, status, error = [], None, None
             deadline = time.monotonic() + timeout
             while status is None:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout:.0f} s")
-                msg = ws.recv()
+                if poll_history:   # events of a prompt queued by another client do not reach this one
+                    entry = self.get_json(f"/history/{prompt_id}").get(prompt_id)
+                    if entry and entry.get("status", {}).get("completed") is not None:
+                        status = "success" if entry["status"].get("status_str") == "success" else "error"
+                        break
+                    try:
+                        msg = ws.recv()
+                    except websocket.WebSocketTimeoutException:
+                        continue
+                else:
+                    msg = ws.recv()
                 if isinstance(msg, bytes):
                     events.append({"type": "binary_preview", "data": {"bytes": len(msg)}})
                     continue
