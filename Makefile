@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo convert clean train-align eval-align bench
+.PHONY: setup test demo convert clean train-align eval-align bench models
 
 setup:
 	bash tools/setup_host.sh
@@ -30,3 +30,7 @@ eval-align: setup
 # sampler speed and memory without and with face refinement (real sizes on a GPU, tiny on a CPU)
 bench: setup
 	$(PY) tools/benchmark.py
+
+# model files: list / check / download (ARGS="download --all")
+models:
+	python3 tools/models.py $(or $(ARGS),list)
