@@ -142,3 +142,21 @@ def server(tmp_path_factory, tiny_set, svd_xt_file):
         yield srv
 
 
+
+
+@pytest.fixture(scope="session")
+def svd_parts(svd_xt_file):
+    """(clip_vision, vae) from the SVD-xt test checkpoint through ComfyUI's own loader, loaded once."""
+    import comfy.sd
+    import comfy.utils
+
+    sd = comfy.utils.load_torch_file(str(svd_xt_file))
+    out = comfy.sd.load_state_dict_guess_config(sd, output_vae=True, output_clip=False, output_clipvision=True,
+                                                output_model=False)
+    del sd
+    return out[3], out[2]
+
+
+@pytest.fixture(scope="session")
+def svd_vae(svd_parts):
+    return svd_parts[1]

@@ -51,14 +51,11 @@ def test_patches_are_on_a_clone_and_survive_clone_without_copies(patched):
     assert c.model_options["transformer_options"]["patches"]["input_block_patch"][0] is pose[0]
 
 
-def test_conditioning_follows_the_official_recipe(patched, svd_xt_file):
-    import comfy.sd
-    import comfy.utils
+def test_conditioning_follows_the_official_recipe(patched, svd_vae):
     from PIL import Image
 
     _, _, face = patched
-    vae = comfy.sd.load_state_dict_guess_config(comfy.utils.load_torch_file(str(svd_xt_file)), output_vae=True,
-                                                output_clip=False, output_clipvision=False, output_model=False)[2]
+    vae = svd_vae
     ref = torch.rand(1, 50, 70, 3)
     poses = torch.zeros(FRAMES, H, W, 3)
     pos, neg, latent = AnimationConditioning.execute(vae, ref, face, poses, 7, 127, 0.02, 3).result

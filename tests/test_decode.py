@@ -25,13 +25,8 @@ def test_chunks_and_oom_retry():
 
 
 @pytest.fixture(scope="module")
-def vae(svd_xt_file):
-    import comfy.sd
-    import comfy.utils
-
-    sd = comfy.utils.load_torch_file(str(svd_xt_file))
-    return comfy.sd.load_state_dict_guess_config(sd, output_vae=True, output_clip=False, output_clipvision=False,
-                                                 output_model=False)[2]
+def vae(svd_vae):
+    return svd_vae
 
 
 def test_decode_node_images_video_and_cpu_path(vae):

@@ -38,13 +38,8 @@ def test_face_embed_node(insight_folder):
         nodes_face.FaceEmbed.execute(analysis, torch.zeros(1, 64, 64, 3), 0, "bgr", False)
 
 
-def test_face_encode_node_gives_clip_first_five_token_context(insight_folder, svd_xt_file):
-    import comfy.sd
-    import comfy.utils
-
-    sd = comfy.utils.load_torch_file(str(svd_xt_file))
-    clip_vision = comfy.sd.load_state_dict_guess_config(sd, output_vae=False, output_clip=False,
-                                                        output_clipvision=True, output_model=False)[3]
+def test_face_encode_node_gives_clip_first_five_token_context(insight_folder, svd_parts):
+    clip_vision = svd_parts[0]
     (analysis,) = nodes_face.LoadFaceAnalysis.execute(provider="cpu").result
     img = image_tensor(face_image())
     face = nodes_face.FaceEmbed.execute(analysis, img, 0, "bgr", False).result[0]

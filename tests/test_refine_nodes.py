@@ -11,12 +11,8 @@ from identity_animator.nodes.refine import GradDecoder, checkpointed_decode
 
 
 @pytest.fixture(scope="module")
-def vae(svd_xt_file):
-    import comfy.sd
-    import comfy.utils
-
-    return comfy.sd.load_state_dict_guess_config(comfy.utils.load_torch_file(str(svd_xt_file)), output_vae=True,
-                                                 output_clip=False, output_clipvision=False, output_model=False)[2]
+def vae(svd_vae):
+    return svd_vae
 
 
 @pytest.fixture(scope="module")
