@@ -40,7 +40,7 @@ def job_files(server, tmp_path):
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    workflow = tiny(json.loads((ROOT / "workflows" / "api" / "animate.json").read_text()))
+    workflow = tiny(json.loads((ROOT / "workflows" / "api" / "animate_512x512.json").read_text()))
     (tmp_path / "workflow.json").write_text(json.dumps(workflow))
     return tmp_path / "workflow.json", jobs_dir / "jobs.csv"
 
@@ -121,4 +121,4 @@ def test_bad_job_lists_say_why(tmp_path):
         batch.load_jobs(batch_args([]))
     job = batch.Job(name="x", overrides={"99.steps": 3})
     with pytest.raises(ValueError, match="99.steps"):
-        batch.prompt_for(json.loads((ROOT / "workflows" / "api" / "animate.json").read_text()), job, {})
+        batch.prompt_for(json.loads((ROOT / "workflows" / "api" / "animate_512x512.json").read_text()), job, {})

@@ -18,7 +18,7 @@ OUR_NODES = {"IDA_LoadAnimationUNet", "IDA_LoadPoseNet", "IDA_LoadFaceEncoder", 
              "IDA_LoadDWPose", "IDA_DWPoseExtract", "IDA_PoseAlign", "IDA_PoseRender",
              "IDA_LoadFaceAnalysis", "IDA_FaceEmbed", "IDA_FaceEncode", "IDA_FaceBoxes"}
 FACE_WORKFLOW = ROOT / "workflows" / "api" / "face_embed_boxes.json"
-ANIMATE_WORKFLOW = ROOT / "workflows" / "api" / "animate.json"
+ANIMATE_WORKFLOW = ROOT / "workflows" / "api" / "animate_512x512.json"
 REFINE_WORKFLOW = ROOT / "workflows" / "api" / "animate_face_refine.json"
 KEYPOINTS_WORKFLOW = ROOT / "workflows" / "api" / "pose_from_keypoints_json.json"
 OUR_NODES |= {"IDA_LoadPoseKeypoints", "IDA_SavePoseKeypoints", "IDA_FaceRefineSampler", "IDA_ApplyStableAnimator", "IDA_AnimationConditioning", "IDA_AnimationSampler", "IDA_AnimationWindows",
@@ -31,7 +31,7 @@ def animate_prompt(steps=3, size=64):
     prompt["8"]["inputs"].update(width=size, height=size)
     prompt["18"]["inputs"]["steps"] = steps
     return prompt
-POSE_WORKFLOW = ROOT / "workflows" / "api" / "pose_extract_align_render.json"
+POSE_WORKFLOW = ROOT / "workflows" / "api" / "pose_check.json"
 
 
 def tiny_prompt(**unet_inputs) -> dict:

@@ -1,6 +1,6 @@
 """Queue many animations on one or more ComfyUI servers.
 
-  python tools/batch.py --workflow workflows/api/animate.json --jobs jobs.csv \\
+  python tools/batch.py --workflow workflows/api/animate_512x512.json --jobs jobs.csv \\
       --server http://127.0.0.1:8188 --server http://gpu2:8188 --out batch_out
 
 Jobs come from a CSV or JSON file (columns/keys ``reference``, ``driving``, ``seed``, ``name`` and any

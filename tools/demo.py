@@ -1,5 +1,5 @@
 """`make demo`: start ComfyUI headless on loopback, queue the full animation workflow
-(workflows/api/animate.json) through /prompt, follow /ws, and print where the video is.
+(workflows/api/animate_512x512.json) through /prompt, follow /ws, and print where the video is.
 
 With every official model file in ComfyUI/models it animates your reference image with your driving
 video (REF=... DRIVING=...). Otherwise it runs the same graph on tiny random weights (and a drawn
@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 from ida_server import ComfyServer  # noqa: E402
 
-WORKFLOW = ROOT / "workflows" / "api" / "animate.json"
+WORKFLOW = ROOT / "workflows" / "api" / "animate_512x512.json"
 
 
 def missing_real_files(models: Path) -> list[str]:

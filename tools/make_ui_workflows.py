@@ -19,11 +19,11 @@ OUT = ROOT / "workflows"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 # UI name -> (API file, title)
 WORKFLOWS = {
-    "animate_512x512": ("animate.json", "Animate a reference image (512x512)"),
+    "animate_512x512": ("animate_512x512.json", "Animate a reference image (512x512)"),
     "animate_576x1024": ("animate_576x1024.json", "Animate a reference image (576x1024)"),
     "animate_face_refine": ("animate_face_refine.json", "Animate with HJB face refinement"),
     "animate_long_video": ("animate_long_video.json", "Long video with sliding windows"),
-    "pose_check": ("pose_extract_align_render.json", "Check the aligned skeleton before animating"),
+    "pose_check": ("pose_check.json", "Check the aligned skeleton before animating"),
     "pose_from_keypoints_json": ("pose_from_keypoints_json.json", "Poses from a POSE_KEYPOINT JSON (comfyui_controlnet_aux)"),
     "face_embed_boxes": ("face_embed_boxes.json", "Face embedding and face boxes"),
 }
