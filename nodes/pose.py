@@ -28,9 +28,35 @@ def _pick(files: list[str], hint: str) -> str | None:
     return next((f for f in files if hint in f.lower()), files[0] if files else None)
 
 
-def _pose_json_ui(value: list[dict]) -> dict:
+def _pose_json_ui(value: list[dict], frames: list[dict] | None = None) -> dict:
     # same UI key as comfyui_controlnet_aux, so its readers (and ours in web/) find the keypoints
-    return {"openpose_json": [json.dumps(value)]}
+    ui = {"openpose_json": [json.dumps(value)]}
+    if frames:
+        ui["ida_frames"] = frames
+    return ui
+
+
+PREVIEW_MAX_SIDE = 256
+
+
+def _save_preview_frames(images: torch.Tensor) -> list[dict]:
+    """Small JPEGs of the frames in ComfyUI's temp folder, for the skeleton preview to draw over."""
+    import uuid
+
+    import folder_paths
+    from PIL import Image
+
+    folder = os.path.join(folder_paths.get_temp_directory(), "ida_pose")
+    os.makedirs(folder, exist_ok=True)
+    run = uuid.uuid4().hex[:8]
+    out = []
+    for i, img in enumerate(images):
+        pil = Image.fromarray((img[..., :3].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy())
+        pil.thumbnail((PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE))
+        name = f"{run}_{i:05d}.jpg"
+        pil.save(os.path.join(folder, name), quality=80)
+        out.append({"filename": name, "subfolder": "ida_pose", "type": "temp"})
+    return out
 
 
 class LoadDWPose(io.ComfyNode):
@@ -106,7 +132,7 @@ class DWPoseExtract(io.ComfyNode):
         if empty:
             logger.warning("Pose Extract: no person found in %d of %d frame(s)", empty, len(images))
         value = kp.to_pose_keypoint(frames)
-        return io.NodeOutput(value, ui=_pose_json_ui(value))
+        return io.NodeOutput(value, ui=_pose_json_ui(value, _save_preview_frames(images)))
 
 
 def _load_learnable():

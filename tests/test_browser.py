@@ -124,3 +124,33 @@ def test_pose_preview_scrubs_and_a_dragged_joint_is_written_back(page, server):
     assert moved == pytest.approx(edits["2"]["0"]["3"], abs=0.05)
     assert saved[0]["people"][0]["pose_keypoints_2d"][9:11] != moved
     assert not page.ida_errors, page.ida_errors
+
+
+def test_extract_preview_draws_the_skeleton_over_the_frames(page, server):
+    from make_ui_workflows import to_ui
+
+    api = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "face_reference.png"}},
+        "2": {"class_type": "IDA_LoadDWPose", "inputs": {"detector": "yolox_l.onnx", "pose_model": "dw-ll_ucoco_384.onnx", "provider": "auto"}},
+        "3": {"class_type": "IDA_DWPoseExtract", "inputs": {"dwpose": ["2", 0], "images": ["1", 0]}},
+        "4": {"class_type": "IDA_SavePoseKeypoints", "inputs": {"pose_keypoint": ["3", 0], "filename_prefix": "browser/extract"}},
+    }
+    load(page, to_ui(api, server.client.get_json("/object_info"), "extract"))
+    page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
+    page.wait_for_function("""() => { const p = window.app.graph.getNodeById(3).idaPosePreview;
+        return p && p.frames.length === 1 && p.backgrounds?.[0]?.complete && p.backgrounds[0].naturalWidth > 0; }""", timeout=60000)
+    label = page.evaluate("() => window.app.graph.getNodeById(3).idaPosePreview.label.textContent")
+    assert label.startswith("frame 1 / 1") and "2 people" in label
+    # two people, two different colours
+    colours = page.evaluate("""() => { const p = window.app.graph.getNodeById(3).idaPosePreview;
+        const ctx = p.canvas.getContext('2d'); const seen = new Set();
+        for (const person of [0, 1]) { for (let j = 0; j < 18; j++) {
+            const f = p.frames[0], t = f.people[person].pose_keypoints_2d;
+            if (t[j * 3 + 2] <= 0) continue;
+            const v = p.view(); const [x, y] = p.toPixels(t[j * 3], t[j * 3 + 1], f);
+            const d = ctx.getImageData(Math.round(v.ox + x * v.s), Math.round(v.oy + y * v.s), 1, 1).data;
+            seen.add(person + ':' + d[0] + ',' + d[1] + ',' + d[2]); break; } }
+        return [...seen]; }""")
+    assert len({c.split(":")[1] for c in colours}) == 2, colours
+    page.screenshot(path=str(SHOTS / "pose_extract_preview.png"))
+    assert not page.ida_errors, page.ida_errors

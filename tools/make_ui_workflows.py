@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 API = ROOT / "workflows" / "api"
 OUT = ROOT / "workflows"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+PREVIEW_NODES = {"IDA_DWPoseExtract", "IDA_PoseAlign", "IDA_LoadPoseKeypoints", "IDA_SavePoseKeypoints", "IDA_PoseEdit"}
 # UI name -> (API file, title)
 WORKFLOWS = {
     "animate_512x512": ("animate_512x512.json", "Animate a reference image (512x512)"),
@@ -98,6 +99,11 @@ def to_ui(prompt: dict, info: dict, title: str) -> dict:
         col = depth[nid]
         y = column_y.get(col, 40)
         height = 60 + 24 * (len(sockets) + len(values)) + 20
+        if any((spec[1] if len(spec) > 1 else {}).get(k) for sec in ("required", "optional")
+               for spec in ni["input"].get(sec, {}).values() for k in ("image_upload", "video_upload")):
+            height += 280    # room for the image/video preview the frontend shows in upload nodes
+        elif node["class_type"] in PREVIEW_NODES:
+            height += 260    # room for the pose preview widget
         column_y[col] = y + height + 40
         nodes.append({"id": int(nid), "type": node["class_type"], "pos": [40 + 380 * col, y], "size": [340, height],
                       "flags": {}, "order": k, "mode": 0, "inputs": sockets, "outputs": outputs,

@@ -45,6 +45,17 @@ class PosePreview {
     new ResizeObserver(() => this.draw()).observe(this.canvas);
   }
 
+  setBackgrounds(files) {
+    // frame images saved by Pose Extract (small JPEGs in ComfyUI's temp folder)
+    this.backgrounds = (files || []).map((f) => {
+      const img = new Image();
+      const q = new URLSearchParams({ filename: f.filename, subfolder: f.subfolder || "", type: f.type || "temp" });
+      img.src = `/view?${q}`;
+      img.onload = () => this.draw();
+      return img;
+    });
+  }
+
   setFrames(frames) {
     this.frames = Array.isArray(frames) ? frames : [frames];
     this.frame = Math.min(this.frame, Math.max(0, this.frames.length - 1));
@@ -75,6 +86,12 @@ class PosePreview {
     const f = this.frames[this.frame];
     if (!f) return;
     ctx.fillStyle = "#222"; ctx.fillRect(v.ox, v.oy, v.w * v.s, v.h * v.s);
+    const bg = this.backgrounds?.[this.frame];
+    if (bg?.complete && bg.naturalWidth) {
+      ctx.globalAlpha = 0.55;
+      ctx.drawImage(bg, v.ox, v.oy, v.w * v.s, v.h * v.s);
+      ctx.globalAlpha = 1;
+    }
     (f.people || []).forEach((p, i) => {
       const color = PERSON_COLORS[i % PERSON_COLORS.length];
       const body = triples(p.pose_keypoints_2d).map(([x, y, c]) => [...this.toPixels(x, y, f), c]);
@@ -192,7 +209,9 @@ app.registerExtension({
     nodeType.prototype.onExecuted = function (message) {
       onExecuted?.apply(this, arguments);
       const json = message?.openpose_json?.[0];
-      if (json && this.idaPosePreview) this.idaPosePreview.setFrames(JSON.parse(json));
+      if (!json || !this.idaPosePreview) return;
+      this.idaPosePreview.setBackgrounds(message.ida_frames);
+      this.idaPosePreview.setFrames(JSON.parse(json));
     };
   },
 });
