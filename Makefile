@@ -1,15 +1,23 @@
-# Identity Animator - developer commands. Everything runs in .venv against the ComfyUI in
+# Identity Animator - developer commands. Everything runs in $(VENV) (.venv unless set) against the ComfyUI in
 # .host/ComfyUI (built offline by `make setup`) or the one named by COMFYUI_DIR.
-PY := .venv/bin/python
+VENV ?= .venv
+PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo convert clean train-align eval-align bench models
+.PHONY: setup test compat demo convert clean train-align eval-align bench models
 
 setup:
 	bash tools/setup_host.sh
 
 test: setup
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+# the smoke subset (-m compat) against another ComfyUI checkout, in a venv of its own:
+#   make compat COMFYUI_DIR=/path/to/ComfyUI      (docs/compatibility.md records the results)
+COMPAT_VENV ?= .venv-compat
+compat:
+	@test -n "$(COMFYUI_DIR)" || { echo "make compat needs COMFYUI_DIR=/path/to/ComfyUI (the version to check)"; exit 2; }
+	$(MAKE) test VENV=$(abspath $(COMPAT_VENV)) COMFYUI_DIR=$(abspath $(COMFYUI_DIR)) PYTEST_ARGS="-m compat $(PYTEST_ARGS)"
 
 demo: setup
 	$(PY) tools/demo.py $(if $(REF),--reference $(REF)) $(if $(DRIVING),--driving $(DRIVING))
@@ -18,7 +26,7 @@ convert: setup
 	$(PY) tools/convert_checkpoints.py $(FILES)
 
 clean:
-	rm -rf .host .venv .cache test-artifacts
+	rm -rf .host .venv .venv-compat .cache test-artifacts
 
 # learnable SVD-guided pose alignment: train on the parametric 2-D body model, then evaluate (Dis)
 train-align: setup

@@ -11,9 +11,10 @@ import os
 import pickle
 import re
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
+from torch import nn
 
 logger = logging.getLogger(__name__)
 
@@ -117,21 +118,58 @@ def convert_to_safetensors(src: str, dst: str | None = None) -> str:
     return dst
 
 
-def require_keys(sd: Mapping[str, torch.Tensor], expected: set[str], what: str, path: str = "") -> None:
-    """Raise a readable error unless ``sd`` has exactly the ``expected`` keys."""
-    missing = sorted(expected - set(sd))
-    unexpected = sorted(set(sd) - expected)
-    if missing or unexpected:
-        raise CheckpointError(describe_key_mismatch(what, path, missing, unexpected))
+def module_shapes(build: Callable[..., nn.Module]) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of the module that ``build(device="meta", operations=torch.nn)`` makes.
+
+    The expected layout comes from plain torch layers on the meta device (no memory, no init cost),
+    never from the module that will hold the weights: a host may create layers whose weights do not
+    exist until they are loaded (ComfyUI's DynamicVRAM leaves ``Linear.weight`` as ``None``).
+    """
+    return {k: tuple(v.shape) for k, v in build(device="meta", operations=nn).state_dict().items()}
 
 
-def describe_key_mismatch(what: str, path: str, missing: list[str], unexpected: list[str]) -> str:
+def require_tensors(sd: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]], what: str,
+                    path: str = "") -> None:
+    """Raise a readable error unless ``sd`` has exactly the ``expected`` names, each with its shape."""
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    wrong = sorted(k for k in set(sd) & set(expected) if tuple(sd[k].shape) != tuple(expected[k]))
+    if missing or unexpected or wrong:
+        shapes = [f"{k} is {list(sd[k].shape)}, expected {list(expected[k])}" for k in wrong]
+        raise CheckpointError(describe_key_mismatch(what, path, missing, unexpected, shapes))
+
+
+def cast_floating(sd: Mapping[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """Floating tensors in ``dtype`` (others untouched), so a weight created at load time never keeps the
+    file's dtype."""
+    if dtype is None:
+        return dict(sd)
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+
+
+def load_checked(model: nn.Module, sd: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]],
+                 what: str, path: str = "", dtype: torch.dtype | None = None) -> nn.Module:
+    """Load ``sd`` into ``model`` after checking every tensor against ``expected``; then confirm that the
+    module holds exactly those tensors (a lazily created layer that ignored one would be caught here)."""
+    require_tensors(sd, expected, what, path)
+    try:
+        model.load_state_dict(cast_floating(sd, dtype), strict=True)
+    except RuntimeError as exc:   # the module disagrees with its own expected layout
+        raise CheckpointError(f"{what}{f' ({path})' if path else ''} could not be loaded: {' '.join(str(exc).split())[:600]}") from exc
+    require_tensors(model.state_dict(), expected, f"{what} after loading", path)
+    return model
+
+
+def describe_key_mismatch(what: str, path: str, missing: list[str], unexpected: list[str],
+                          wrong_shapes: list[str] = ()) -> str:
     where = f" ({path})" if path else ""
     parts = [f"{what}{where} does not match the expected layout."]
     if missing:
         parts.append(f"{len(missing)} missing tensors, e.g. {', '.join(missing[:6])}.")
     if unexpected:
         parts.append(f"{len(unexpected)} unexpected tensors, e.g. {', '.join(unexpected[:6])}.")
+    if wrong_shapes:
+        parts.append(f"{len(wrong_shapes)} tensors of the wrong shape, e.g. {'; '.join(wrong_shapes[:4])}.")
     parts.append(
         "The file is truncated, from another model, or was saved by a different version. "
         "Use the official file from the StableAnimator release for this slot."

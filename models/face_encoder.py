@@ -7,13 +7,14 @@ The UNet's cross-attention context is then ``[clip token, 4 face tokens]``.
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, require_keys
+from .checkpoint import CheckpointError, load_checked, module_shapes
 
 DIM_HEAD = 64  # fixed in the official FacePerceiver; heads = inner width / 64
 
@@ -130,7 +131,6 @@ class FaceEncoder(nn.Module):
 
     @classmethod
     def from_state_dict(cls, sd, *, dtype=None, device=None, operations=nn, source: str = "face_encoder"):
-        model = cls(**cls.config_from_state_dict(sd), dtype=dtype, device=device, operations=operations)
-        require_keys(sd, set(model.state_dict()), "Face Encoder", source)
-        model.load_state_dict(sd, strict=True)
-        return model.eval()
+        build = functools.partial(cls, **cls.config_from_state_dict(sd))
+        model = build(dtype=dtype, device=device, operations=operations)
+        return load_checked(model, sd, module_shapes(build), "Face Encoder", source, dtype).eval()

@@ -11,7 +11,7 @@ import re
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, require_keys
+from .checkpoint import CheckpointError, load_checked
 
 BN_EPS = 1e-5
 
@@ -88,7 +88,6 @@ class IResNet(nn.Module):
 
     @classmethod
     def from_state_dict(cls, sd, source: str = "glintr100_torch") -> "IResNet":
-        model = cls(**cls.config_from_state_dict(sd))
-        require_keys(sd, set(model.state_dict()), "ArcFace iresnet", source)
-        model.load_state_dict(sd, strict=True)
-        return model.eval()
+        model = cls(**cls.config_from_state_dict(sd))   # plain torch layers: their shapes are the layout
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        return load_checked(model, sd, expected, "ArcFace iresnet", source).eval()

@@ -7,12 +7,13 @@ downsampling steps, kernel 3 stride 1 otherwise), a 1x1 projection, and a learnt
 """
 from __future__ import annotations
 
+import functools
 import re
 
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, require_keys
+from .checkpoint import CheckpointError, load_checked, module_shapes
 
 
 class PoseNet(nn.Module):
@@ -57,7 +58,6 @@ class PoseNet(nn.Module):
     @classmethod
     def from_state_dict(cls, sd, *, dtype=None, device=None, operations=nn, source: str = "pose_net") -> "PoseNet":
         specs, out_ch = cls.specs_from_state_dict(sd)
-        model = cls(specs, out_ch, dtype=dtype, device=device, operations=operations)
-        require_keys(sd, set(model.state_dict()), "PoseNet", source)
-        model.load_state_dict(sd, strict=True)
-        return model.eval()
+        build = functools.partial(cls, specs, out_ch)
+        model = build(dtype=dtype, device=device, operations=operations)
+        return load_checked(model, sd, module_shapes(build), "PoseNet", source, dtype).eval()

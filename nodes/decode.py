@@ -2,7 +2,6 @@
 optional CPU decode; IMAGE frames and ComfyUI's VIDEO out."""
 from __future__ import annotations
 
-import copy
 import logging
 from fractions import Fraction
 
@@ -13,19 +12,28 @@ import comfy.utils
 from comfy_api.latest import InputImpl, Types, io
 
 from . import types
+from .vae_decoder import fresh_decoder
 
 logger = logging.getLogger(__name__)
 
 
 def _decode_on_cpu(vae):
-    """A float32 CPU copy of the VAE's autoencoder, for cards whose memory the temporal decoder exceeds."""
-    model = copy.deepcopy(vae.first_stage_model).to("cpu", torch.float32)
+    """A float32 CPU decoder built from the VAE's weights, for cards whose memory the temporal decoder
+    exceeds (never a copy of ComfyUI's module, see vae_decoder)."""
+    decoder = fresh_decoder(vae, "cpu", torch.float32)
 
     def decode(z):
         with torch.no_grad():
-            return vae.process_output(model.decode(z.to("cpu", torch.float32)).float()).movedim(1, -1)
+            return vae.process_output(decoder(z.to("cpu", torch.float32)).float()).movedim(1, -1)
 
     return decode
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """The host's own test where it has one: newer torch reports some out-of-memory errors as other
+    classes (``torch.AcceleratorError``), which only ``model_management.is_oom`` recognises."""
+    host_test = getattr(mm, "is_oom", None)
+    return bool(host_test(exc)) if host_test is not None else isinstance(exc, mm.OOM_EXCEPTION)
 
 
 def decode_chunks(decode, samples: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -35,12 +43,13 @@ def decode_chunks(decode, samples: torch.Tensor, chunk: int) -> torch.Tensor:
     pbar = comfy.utils.ProgressBar(samples.shape[0])
     while i < samples.shape[0]:
         mm.throw_exception_if_processing_interrupted()
+        tried = min(chunk, samples.shape[0] - i)
         try:
-            out = decode(samples[i:i + chunk])
-        except mm.OOM_EXCEPTION:
-            if chunk == 1:
+            out = decode(samples[i:i + tried])
+        except Exception as exc:
+            if not is_out_of_memory(exc) or tried == 1:
                 raise
-            chunk = max(1, chunk // 2)
+            chunk = max(1, tried // 2)
             logger.warning("Decode ran out of memory; retrying with %d frames per chunk", chunk)
             mm.soft_empty_cache()
             continue

@@ -60,6 +60,18 @@ class IDAttentionPatch:
         return id_attention(q, k, v, fk, fv, heads, attention, scale=self._scale(extra))
 
 
+def _frames_in_window(window, per: int) -> list[int]:
+    """The video frames the model runs now, in order: the window's index list, with the anchor frame a
+    newer host prepends (``causal_anchor_index``) when the batch shows it is there."""
+    if window is None:
+        return list(range(per))
+    idx = list(window.index_list)
+    anchor = getattr(window, "causal_anchor_index", None)
+    if anchor is not None and per == len(idx) + 1:
+        idx = [anchor] + idx
+    return idx
+
+
 class PoseResidualPatch:
     """Adds PoseNet features to the conv_in output (before the first skip), for the conditional pass only.
 
@@ -78,8 +90,7 @@ class PoseResidualPatch:
             return h
         cou = transformer_options["cond_or_uncond"]
         per = h.shape[0] // len(cou)
-        window = transformer_options.get("context_window")
-        idx = window.index_list if window is not None else list(range(per))
+        idx = _frames_in_window(transformer_options.get("context_window"), per)
         if len(idx) != per:
             raise RuntimeError(f"PoseNet features cover {len(idx)} frames but the model runs {per}; "
                                "the pose images and the latent must have the same number of frames.")

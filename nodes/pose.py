@@ -307,7 +307,7 @@ class SavePoseKeypoints(io.ComfyNode):
         first = pose_keypoint[0] if isinstance(pose_keypoint, list) else pose_keypoint
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
             filename_prefix, folder_paths.get_output_directory(), first["canvas_width"], first["canvas_height"])
-        file = f"{name}_{counter:05}.json"
+        file = f"{name}_{counter:05}_.json"   # the trailing "_" is how ComfyUI finds the next counter
         with open(os.path.join(folder, file), "w", encoding="utf-8") as fh:
             json.dump(pose_keypoint, fh)
         logger.info("Saved %d pose frame(s) to %s", len(pose_keypoint), os.path.join(folder, file))

@@ -2,12 +2,11 @@
 
 ComfyUI runs nodes under ``torch.inference_mode()``, whose tensors can never be saved for backward,
 and its model management re-creates weights as inference tensors. So refinement works on a private
-copy of the VAE decoder made outside inference mode (built when sampling starts, freed when it ends)
+decoder built from the VAE's weights outside inference mode (built when sampling starts, freed when it ends)
 and on the ArcFace network from Load ArcFace (also built outside inference mode).
 """
 from __future__ import annotations
 
-import copy
 import logging
 
 import torch
@@ -21,6 +20,7 @@ from comfy_api.latest import io
 from ..models.face_refine import FaceRefiner, RefineSchedule, boxes_from_masks, reference_embedding
 from ..models.samplers import sample_euler, sample_heun_churn
 from . import types
+from .vae_decoder import fresh_decoder
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +49,11 @@ def checkpointed_decode(decoder, z: torch.Tensor) -> torch.Tensor:
 
 
 class GradDecoder:
-    """A gradient-capable copy of the VAE decoder on ``device``; model-space latents in, [-1, 1] pixels out."""
+    """A gradient-capable decoder built from the VAE's weights on ``device`` (never a copy of ComfyUI's
+    module); model-space latents in, [-1, 1] pixels out."""
 
     def __init__(self, vae, latent_out, device, dtype):
-        with torch.inference_mode(False):
-            self.decoder = copy.deepcopy(vae.first_stage_model.decoder).to(device, dtype).requires_grad_(False)
+        self.decoder = fresh_decoder(vae, device, dtype)
         self.latent_out, self.device, self.dtype = latent_out, device, dtype
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
@@ -104,7 +104,7 @@ class FaceRefineSampler(io.ComfyNode):
             node_id="IDA_FaceRefineSampler", display_name="Face Refine Sampler (HJB)", category=types.CAT_SAMPLING,
             description=cls.__doc__.strip(),
             inputs=[
-                io.Vae.Input("vae", tooltip="SVD-xt VAE (a private copy of its decoder is used with gradients)."),
+                io.Vae.Input("vae", tooltip="SVD-xt VAE (refinement decodes faces with gradients through a private decoder built from its weights)."),
                 types.ArcFace.Input("arcface", tooltip="From Load ArcFace (PyTorch)."),
                 io.Image.Input("reference", tooltip="The reference image."),
                 types.Face.Input("face", tooltip="From Face Embed: the reference face box."),

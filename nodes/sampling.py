@@ -5,6 +5,7 @@ NOISE and the stock Euler SAMPLER — so they also combine with ComfyUI's custom
 """
 from __future__ import annotations
 
+import inspect
 import logging
 
 import torch
@@ -30,6 +31,14 @@ def official_sigmas(steps: int) -> torch.Tensor:
     return kds.get_sigmas_karras(steps, SIGMA_MIN, SIGMA_MAX, rho=RHO)
 
 
+def _without_anchor_frame() -> dict:
+    """Newer hosts (``causal_window_fix``, default on) run every window that does not start at frame 0
+    with the frame before it prepended, for causal video VAEs. SVD has none: its frames are the batch,
+    and StableAnimator's windows are exact index lists, so the pack turns it off where it exists."""
+    params = inspect.signature(cw.IndexListContextHandler.__init__).parameters
+    return {"causal_window_fix": False} if "causal_window_fix" in params else {}
+
+
 class AnimationContextHandler(cw.IndexListContextHandler):
     """ComfyUI's window handler with StableAnimator/MagicAnimate schedules and weights.
 
@@ -41,7 +50,7 @@ class AnimationContextHandler(cw.IndexListContextHandler):
     def __init__(self, schedule: str, length: int, overlap: int, shift: bool, seed: int, wrap: bool):
         windows_for_step(schedule, 2 * length, length, overlap)   # validates the settings now, not mid-run
         super().__init__(cw.ContextSchedule(schedule, self._windows), cw.ContextFuseMethod(f"ida_{schedule}", self._weights),
-                         context_length=length, context_overlap=overlap, closed_loop=wrap, dim=0)
+                         context_length=length, context_overlap=overlap, closed_loop=wrap, dim=0, **_without_anchor_frame())
         self.schedule, self.shift, self.seed, self.wrap = schedule, shift, seed, wrap
 
     def __deepcopy__(self, memo):

@@ -6,6 +6,7 @@ checkpoints) and loaded with every key checked.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 
 import torch
@@ -13,10 +14,11 @@ import torch
 import comfy.model_detection
 import comfy.model_management as mm
 import comfy.model_patcher
+import comfy.ops
 import comfy.supported_models
 import comfy.utils
 
-from ..models.checkpoint import CheckpointError, describe_key_mismatch
+from ..models.checkpoint import CheckpointError, require_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +39,40 @@ def _svd_unet_config(unet_sd: dict, source: str) -> dict:
     return cfg
 
 
+class _PlainMetaOps(comfy.ops.disable_weight_init):
+    """ComfyUI's operations with plain torch layers, only for reading the expected tensor layout off a
+    meta-device UNet: the host's own layers may not create their weights before loading (DynamicVRAM)."""
+
+    Linear, Conv1d, Conv2d, Conv3d = torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d
+    GroupNorm, LayerNorm, Embedding = torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.Embedding
+    ConvTranspose1d, ConvTranspose2d = torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d
+
+
+def expected_unet_layout(model_config) -> dict[str, torch.Tensor]:
+    """Tensor name -> an empty tensor with the shape and dtype that ComfyUI's layers give it, for the
+    UNet ``model_config`` describes (a few host-made parameters, e.g. time mixers, stay fp32)."""
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    return UNetModel(**model_config.unet_config, device="meta", operations=_PlainMetaOps).state_dict()
+
+
+def _patcher_class():
+    # current ComfyUI wraps core models in CoreModelPatcher (dynamic VRAM where it is on); 0.3.75 has none
+    return getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+
+
+def _load_unet_weights(model, sd: dict, patcher) -> None:
+    """Core's own loading path where the host has one for dynamic VRAM (weights assigned, not copied),
+    otherwise a strict ``load_state_dict``; the caller checks the layout before and after."""
+    is_dynamic = getattr(patcher, "is_dynamic", None)
+    if is_dynamic is not None and "assign" in inspect.signature(model.load_model_weights).parameters:
+        model.load_model_weights(dict(sd), "", assign=is_dynamic())
+    else:
+        model.diffusion_model.load_state_dict(sd, strict=True)
+
+
 def build_svd_model(unet_sd: dict, weight_dtype: str, source: str) -> comfy.model_patcher.ModelPatcher:
-    """Return a ModelPatcher around ComfyUI's ``model_base.SVD_img2vid`` holding ``unet_sd``."""
+    """Return a model patcher around ComfyUI's ``model_base.SVD_img2vid`` holding ``unet_sd``."""
     model_config = comfy.supported_models.SVD_img2vid(_svd_unet_config(unet_sd, source))
     load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
     supported = list(model_config.supported_inference_dtypes)
@@ -48,13 +82,16 @@ def build_svd_model(unet_sd: dict, weight_dtype: str, source: str) -> comfy.mode
     else:
         unet_dtype = UNET_DTYPES[weight_dtype]
     model_config.set_inference_dtype(unet_dtype, mm.unet_manual_cast(unet_dtype, load_device, supported))
-    model = model_config.get_model(unet_sd, "", device=offload_device)
-    expected = set(model.diffusion_model.state_dict())
-    if expected != set(unet_sd):
-        raise CheckpointError(describe_key_mismatch(
-            "Animation UNet (converted to ComfyUI's layout)", source,
-            sorted(expected - set(unet_sd)), sorted(set(unet_sd) - expected)))
-    model.diffusion_model.load_state_dict(unet_sd, strict=True)
+    what = "Animation UNet (converted to ComfyUI's layout)"
+    layout = expected_unet_layout(model_config)
+    expected = {k: tuple(v.shape) for k, v in layout.items()}
+    require_tensors(unet_sd, expected, what, source)
+    # cast first: a weight that only comes into being at load time (or is assigned) keeps the dtype it is given
+    sd = {k: v.to(layout[k].dtype) if v.is_floating_point() else v for k, v in unet_sd.items()}
+    model = model_config.get_model(sd, "", device=offload_device)
+    patcher = _patcher_class()(model, load_device=load_device, offload_device=offload_device)
+    _load_unet_weights(model, sd, patcher)
+    require_tensors(model.diffusion_model.state_dict(), expected, f"{what} after loading", source)
     logger.info("Animation UNet from %s: %d tensors, %s weights, %s compute", source, len(unet_sd),
                 unet_dtype, model_config.manual_cast_dtype or unet_dtype)
-    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+    return patcher

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_KEYS = ROOT.parent / "shared" / "reference" / "stableanimator_checkpoint_keys.json"
+OFFICIAL_KEYS = ROOT / "tests" / "data" / "official_checkpoint_keys.json"
 COMFY_DIR = Path(os.environ.get("COMFYUI_DIR") or ROOT / ".host" / "ComfyUI")
 CACHE_DIR = Path(os.environ.get("IDA_TEST_CACHE") or ROOT / ".cache" / "test-weights")
 ARTIFACTS = Path(os.environ.get("IDA_TEST_ARTIFACTS") or ROOT / "test-artifacts")
@@ -50,10 +50,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 @pytest.fixture(scope="session")
 def official_keys() -> dict[str, dict[str, list[int]]]:
-    """Tensor name -> shape of the official files, from the shared reference."""
-    if not SHARED_KEYS.is_file():
-        pytest.fail(f"missing {SHARED_KEYS}: the official key list is part of the shared material")
-    return json.loads(SHARED_KEYS.read_text())
+    """Tensor name -> shape of the four official files (a manifest kept in the project: data, no weights)."""
+    return json.loads(OFFICIAL_KEYS.read_text())
 
 
 @pytest.fixture(scope="session")

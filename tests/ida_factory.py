@@ -2,7 +2,7 @@
 
 * ``write_stableanimator_set``: ``unet.pth``, ``pose_net.pth``, ``face_encoder.pth``,
   ``glintr100_torch.pth`` with exactly the official key names (checked against
-  ``shared/reference/stableanimator_checkpoint_keys.json`` by the tests) and small channel counts.
+  ``tests/data/official_checkpoint_keys.json`` by the tests) and small channel counts.
   The UNet keeps the official block structure (4 levels, 2 layers per block, 16 ID-adapter pairs)
   and the official 1024-wide cross-attention, so it accepts SVD-xt's real CLIP-H image embedding.
 * ``write_svd_xt``: a checkpoint that ComfyUI's own ImageOnlyCheckpointLoader accepts. ComfyUI builds

@@ -99,3 +99,43 @@ def test_custom_sampling_nodes_give_the_same_result(patched):
 def test_window_settings_are_validated():
     assert "smaller than window_length" in AnimationSampler.validate_inputs(window_length=8, window_overlap=8, min_cfg=1, max_cfg=2)
     assert "must not exceed" in AnimationSampler.validate_inputs(window_length=16, window_overlap=4, min_cfg=3, max_cfg=2)
+
+
+def _sample(m, face, schedule):
+    adm = {"fps": 7, "motion_bucket_id": 127, "augmentation_level": 0.02}
+    ref = torch.randn(1, 4, H // 8, W // 8, generator=torch.Generator().manual_seed(1))
+    pos = [[face.clip_embeds, {"concat_latent_image": ref, **adm}]]
+    neg = [[torch.zeros_like(face.clip_embeds), {"concat_latent_image": torch.zeros_like(ref), **adm}]]
+    latent = {"samples": torch.zeros(FRAMES, 4, H // 8, W // 8)}
+    return AnimationSampler.execute(m, pos, neg, latent, 9, 2, 2.0, 3.0, schedule, 16, 4, False, False).result[0]["samples"]
+
+
+def test_magicanimate_windows_give_the_same_video_on_hosts_with_anchor_frames(patched, monkeypatch):
+    """Newer hosts prepend an anchor frame to windows that do not start at frame 0 (causal_window_fix);
+    magicanimate's second window starts at frame 2 of 18 and must still run exactly its own frames."""
+    from ida_host_emulation import emulate_anchor_frames
+
+    _, m, face = patched
+    plain = _sample(m, face, "magicanimate")
+    emulate_anchor_frames(monkeypatch)
+    assert torch.equal(_sample(m, face, "magicanimate"), plain)
+    from identity_animator.nodes.sampling import AnimationContextHandler
+
+    assert AnimationContextHandler("magicanimate", 16, 4, False, 0, False).causal_window_fix is False
+
+
+def test_pose_features_follow_an_anchored_window():
+    from comfy.context_windows import IndexListContextWindow
+
+    feats = torch.arange(20, dtype=torch.float32).view(20, 1, 1, 1).expand(20, 2, 3, 3).contiguous()
+    patch = PoseResidualPatch(feats, 1.0)
+    window = IndexListContextWindow(list(range(4, 20)))
+    window.causal_anchor_index = 3
+    opts = {"block": ("input", 0), "cond_or_uncond": [0, 1], "context_window": window}
+    out = patch(torch.zeros(34, 2, 3, 3), opts)          # cond + uncond, 17 frames each
+    assert out[:17, 0, 0, 0].tolist() == list(range(3, 20)) and not out[17:].any()
+    del window.causal_anchor_index
+    out = patch(torch.zeros(32, 2, 3, 3), opts)
+    assert out[:16, 0, 0, 0].tolist() == list(range(4, 20))
+    with pytest.raises(RuntimeError, match="cover 16 frames but the model runs 17"):
+        patch(torch.zeros(34, 2, 3, 3), opts)

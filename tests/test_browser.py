@@ -2,15 +2,32 @@
 download): every UI workflow loads with no missing or red nodes and no console error caused by it,
 and the pose preview scrubs frames and writes a dragged joint back into the workflow.
 
+Every test runs in a matrix of
+  frontend:  `bundled` — the comfyui-frontend-package the host's ComfyUI installs (its default web root),
+             `latest`  — the newest package from PyPI (tools/setup_frontend.sh puts it in
+                         .host/frontend-latest/), served by the same ComfyUI with `--front-end-root`;
+  renderer:  `litegraph` — nodes drawn on the LiteGraph canvas (DOM widgets float over it),
+             `vue`       — "Nodes 2.0" (setting Comfy.VueNodes.Enabled): every node is a Vue component
+                           and the pack's DOM widget lives inside it.
+A frontend without Vue nodes gets its `vue` combination skipped with the reason, never a silent pass.
+
 Console noise that belongs to the offline test machine is not held against the pack: requests to
-api.comfy.org, a fresh user folder's missing user.css/userdata files, and one frontend-internal error
-raised while the page boots (before any workflow is loaded). Screenshots go to test-artifacts/browser/.
+api.comfy.org, a fresh user folder's missing user.css/userdata files, one frontend-internal error
+raised while the page boots (before any workflow is loaded), and — for a frontend newer than the host —
+calls to server APIs that the host's ComfyUI does not have (checked to be missing on the server).
+Screenshots go to test-artifacts/browser/, named after the combination.
 """
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
 import shutil
 import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,45 +40,193 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
 SHOTS = ARTIFACTS / "browser"
+LATEST_ROOT = ROOT / ".host" / "frontend-latest"
+VUE_SETTING = "Comfy.VueNodes.Enabled"
+# APIs a newer frontend calls that an older ComfyUI may lack; forgiven only when the server really
+# answers 404 for them (see host_lacks), with the console errors the frontend logs about them
+NEWER_APIS = {"/api/jobs": ("[Jobs API] Error fetching jobs", "Failed to fetch queue: JobsApiError")}
+
+
+@dataclass(frozen=True)
+class Frontend:
+    name: str
+    root: Path | None        # None: the host's default web root (the installed package)
+    version: str | None
+    vue_nodes: bool | None   # None: unknown (not installed yet; the fixture says how to install it)
+
+
+def _bundled() -> Frontend:
+    spec = importlib.util.find_spec("comfyui_frontend_package")
+    static = Path(next(iter(spec.submodule_search_locations))) / "static" if spec else None
+    try:
+        version = importlib.metadata.version("comfyui-frontend-package")
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    return Frontend("bundled", None, version, _has_vue_nodes(static))
+
+
+def _latest() -> Frontend:
+    version = (LATEST_ROOT / "VERSION").read_text().strip() if (LATEST_ROOT / "VERSION").is_file() else None
+    return Frontend("latest", LATEST_ROOT, version, _has_vue_nodes(LATEST_ROOT))
+
+
+def _has_vue_nodes(static: Path | None) -> bool | None:
+    """Whether the bundle registers the Nodes 2.0 setting (read from its JavaScript, at collection)."""
+    if static is None or not (static / "index.html").is_file():
+        return None
+    needle = VUE_SETTING.encode()
+    return any(needle in js.read_bytes() for js in (static / "assets").glob("*.js"))
+
+
+FRONTENDS = [_bundled(), _latest()]
+
+
+def _modes():
+    for fe in FRONTENDS:
+        for renderer in ("litegraph", "vue"):
+            marks = []
+            if renderer == "vue" and fe.vue_nodes is False:
+                marks = [pytest.mark.skip(reason=f"{fe.name} frontend {fe.version} has no Vue node rendering "
+                                                 f"(no {VUE_SETTING} setting in its bundle)")]
+            yield pytest.param((fe, renderer), id=f"{fe.name}-{renderer}", marks=marks)
+
+
+MODES = list(_modes())
 
 
 def environment_noise(text: str) -> bool:
     return text.startswith("Failed to load resource")   # network responses are checked separately
 
 
+def host_lacks(server, path: str) -> bool:
+    try:
+        urllib.request.urlopen(server.url + path, timeout=10).close()
+        return False
+    except urllib.error.HTTPError as exc:
+        return exc.code == 404
+
+
 @pytest.fixture(scope="module")
-def page(server):
+def servers(server, tmp_path_factory):
+    """frontend name -> a running ComfyServer serving it; the session's server serves the bundled one,
+    a second one (same models, inputs and extra model paths; its own user, output and temp) the newest."""
+    from ida_server import ComfyServer
+
+    running = {"bundled": server}
+    started = []
+
+    def get(fe: Frontend):
+        if fe.name not in running:
+            if fe.version is None:
+                pytest.fail(f"no frontend in {fe.root}: run `bash tools/setup_frontend.sh` (or `make setup`)")
+            base = tmp_path_factory.mktemp(f"comfy-base-{fe.name}")
+            for shared in ("models", "input"):
+                (base / shared).symlink_to(server.base_dir / shared, target_is_directory=True)
+            settings = base / "user" / "default" / "comfy.settings.json"
+            settings.parent.mkdir(parents=True)
+            settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))
+            srv = ComfyServer(server.comfy_dir, base, python=server.python,
+                              extra_args=[*server.extra_args, "--front-end-root", str(fe.root)])
+            srv.start()
+            started.append(srv)
+            running[fe.name] = srv
+        return running[fe.name]
+
+    yield get
+    for srv in started:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
     from playwright.sync_api import sync_playwright
 
     assert Path(CHROMIUM).exists(), "Chromium is missing: `make setup` installs Debian's chromium package"
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        pg = browser.new_page(viewport={"width": 1600, "height": 1000})
-        pg.ida_errors, pg.ida_bad_responses = [], []
-        pg.on("console", lambda m: pg.ida_errors.append(m.text) if m.type == "error" and not environment_noise(m.text) else None)
-        pg.on("pageerror", lambda e: pg.ida_errors.append(f"pageerror: {e}"))
-        pg.on("response", lambda r: pg.ida_bad_responses.append(f"{r.status} {r.url}")
-              if r.status >= 400 and r.url.startswith(server.url) and "/userdata" not in r.url and "user.css" not in r.url else None)
-        pg.goto(server.url)
-        pg.wait_for_function("window.app && window.app.graph && window.app.extensions.length > 0", timeout=120000)
-        pg.wait_for_timeout(1500)
-        boot = [e for e in pg.ida_errors if "identity" in e.lower() or "ida_" in e.lower()]
-        assert not boot, f"errors from the pack while the page booted: {boot}"
-        ext = pg.evaluate("() => window.app.extensions.map(e => e.name)")
-        assert "IdentityAnimator.posePreview" in ext
-        pg.ida_errors.clear()
-        yield pg
-        browser.close()
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module", params=MODES)
+def mode(request, servers):
+    """(frontend, renderer, server) of one combination; the renderer is set on the server before the
+    page opens, so the graph is built in that mode from the start."""
+    fe, renderer = request.param
+    srv = servers(fe)
+    srv.client.post_json(f"/settings/{VUE_SETTING}", renderer == "vue")
+    return fe, renderer, srv
+
+
+@pytest.fixture(scope="module")
+def page(browser, mode):
+    fe, renderer, srv = mode
+    context = browser.new_context(viewport={"width": 1600, "height": 1000})   # fresh storage per combination
+    pg = context.new_page()
+    forgiven = {api: texts for api, texts in NEWER_APIS.items() if fe.name != "bundled" and host_lacks(srv, api)}
+    forgiven_texts = tuple(t for texts in forgiven.values() for t in texts)
+
+    def on_console(m):
+        if m.type == "error" and not environment_noise(m.text) and not m.text.startswith(forgiven_texts):
+            pg.ida_errors.append(m.text)
+
+    def on_response(r):
+        if (r.status >= 400 and r.url.startswith(srv.url) and "/userdata" not in r.url and "user.css" not in r.url
+                and not any(r.url.startswith(srv.url + api) for api in forgiven)):
+            pg.ida_bad_responses.append(f"{r.status} {r.url}")
+
+    pg.ida_errors, pg.ida_bad_responses = [], []
+    pg.ida_mode = f"{fe.name}-{renderer}"
+    pg.ida_vue = renderer == "vue"
+    pg.ida_server = srv
+    pg.on("console", on_console)
+    pg.on("pageerror", lambda e: pg.ida_errors.append(f"pageerror: {e}"))
+    pg.on("response", on_response)
+    pg.goto(srv.url)
+    pg.wait_for_function("window.app && window.app.rootGraph && window.app.canvas && window.app.extensions.length > 0",
+                         timeout=120000)
+    pg.wait_for_function("() => document.querySelector('.graph-canvas-container, #graph-canvas') !== null")
+    state = pg.evaluate(f"""() => ({{version: window.__COMFYUI_FRONTEND_VERSION__,
+        vue: window.app.extensionManager.setting.get('{VUE_SETTING}'), ext: window.app.extensions.map(e => e.name)}})""")
+    assert state["version"] == fe.version, f"the page runs frontend {state['version']}, expected {fe.name} {fe.version}"
+    assert bool(state["vue"]) == pg.ida_vue, f"{VUE_SETTING} is {state['vue']} in the page"
+    assert "IdentityAnimator.posePreview" in state["ext"]
+    settle(pg)
+    boot = [e for e in pg.ida_errors if "identity" in e.lower() or "ida_" in e.lower()]
+    assert not boot, f"errors from the pack while the page booted: {boot}"
+    pg.ida_errors.clear()
+    yield pg
+    context.close()
+
+
+def settle(page, frames: int = 3):
+    """Let the frontend render a few frames (draw errors surface), without a fixed sleep."""
+    page.evaluate("""(n) => new Promise((done) => { const step = (k) => k ? requestAnimationFrame(() => step(k - 1))
+        : done(); step(n); })""", frames)
+
+
+def shot(page, name: str):
+    page.screenshot(path=str(SHOTS / f"{page.ida_mode}_{name}.png"))
 
 
 def load(page, workflow: dict):
     page.ida_errors.clear()
     page.ida_bad_responses.clear()
     page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
-    page.wait_for_timeout(800)
-    return page.evaluate("""() => window.app.graph._nodes.map(n => ({id: n.id, type: n.type, error: !!n.has_errors,
-        registered: !!window.LiteGraph.registered_node_types[n.type]}))""")
+    count = len(workflow["nodes"])
+    page.wait_for_function("(n) => window.app.rootGraph.nodes.length === n", arg=count)
+    if page.ida_vue:   # every node rendered as a Vue component
+        page.wait_for_function("(n) => document.querySelectorAll('.lg-node[data-node-id]').length === n", arg=count)
+    settle(page)
+    return page.evaluate("""() => window.app.rootGraph.nodes.map(n => ({id: n.id, type: n.type, error: !!n.has_errors,
+        registered: !!window.LiteGraph.registered_node_types[n.type],
+        preview: n.idaPosePreview ? {connected: n.idaPosePreview.element.isConnected,
+            vueNode: n.idaPosePreview.element.closest('.lg-node[data-node-id]')?.dataset.nodeId ?? null} : null}))""")
+
+
+def node_expr(node_id: int) -> str:
+    return f"window.app.rootGraph.getNodeById({node_id})"
 
 
 @pytest.mark.parametrize("path", UI, ids=lambda p: p.stem)
@@ -70,87 +235,133 @@ def test_ui_workflow_loads_cleanly(page, path):
     assert len(nodes) == len(json.loads(path.read_text())["nodes"])
     missing = [n["type"] for n in nodes if not n["registered"]]
     red = [n["type"] for n in nodes if n["error"]]
-    page.screenshot(path=str(SHOTS / f"{path.stem}.png"))
+    shot(page, path.stem)
     assert not missing, f"missing node types: {missing}"
     assert not red, f"red nodes: {red}"
+    if page.ida_vue:   # the preview widget is inside its own Vue node (LiteGraph mode mounts only visible ones)
+        previews = [n for n in nodes if n["preview"]]
+        assert all(n["preview"]["connected"] and n["preview"]["vueNode"] == str(n["id"]) for n in previews), previews
     assert not page.ida_errors, page.ida_errors
     assert not page.ida_bad_responses, page.ida_bad_responses
 
 
-def test_pose_preview_scrubs_and_a_dragged_joint_is_written_back(page, server):
+def run_workflow(page, timeout: float = 60) -> dict:
+    """Queue the page's workflow like the Run button and wait for the server to finish that prompt."""
+    client = page.ida_server.client
+    before = set(client.get_json("/history"))
+    page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        new = [v for k, v in client.get_json("/history").items() if k not in before]
+        if new and new[0].get("status", {}).get("status_str") in ("success", "error"):
+            assert new[0]["status"]["status_str"] == "success", new[0]["status"]
+            return new[0]
+        time.sleep(0.1)
+    raise AssertionError(f"the prompt queued from the page did not finish in {timeout} s")
+
+
+def newest(folder: Path, pattern: str) -> Path:
+    files = sorted(folder.glob(pattern), key=lambda f: f.stat().st_mtime_ns)
+    assert files, f"nothing saved as {folder / pattern}"
+    return files[-1]
+
+
+def test_pose_preview_scrubs_and_a_dragged_joint_is_written_back(page):
     from make_ui_workflows import to_ui
 
+    server = page.ida_server
+    prefix = f"browser/poses_{page.ida_mode}"
     api = {
         "1": {"class_type": "IDA_LoadPoseKeypoints", "inputs": {"file": "driving_poses.json"}},
         "2": {"class_type": "IDA_PoseEdit", "inputs": {"pose_keypoint": ["1", 0], "edits": "{}"}},
-        "3": {"class_type": "IDA_SavePoseKeypoints", "inputs": {"pose_keypoint": ["2", 0], "filename_prefix": "browser/poses"}},
+        "3": {"class_type": "IDA_SavePoseKeypoints", "inputs": {"pose_keypoint": ["2", 0], "filename_prefix": prefix}},
     }
     load(page, to_ui(api, server.client.get_json("/object_info"), "pose edit"))
-    page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
-    page.wait_for_function("() => (window.app.graph.getNodeById(2).idaPosePreview?.frames.length || 0) === 3", timeout=60000)
+    node = node_expr(2)
+    out = server.base_dir / "output" / "browser"
+    pattern = f"poses_{page.ida_mode}_*.json"
+    run_workflow(page)
+    page.wait_for_function(f"() => ({node}.idaPosePreview?.frames.length || 0) === 3", timeout=60000)
     # scrub to the last frame
-    page.evaluate("""() => { const s = window.app.graph.getNodeById(2).idaPosePreview.slider;
-        s.value = '2'; s.dispatchEvent(new Event('input')); }""")
-    label = page.evaluate("() => window.app.graph.getNodeById(2).idaPosePreview.label.textContent")
+    page.evaluate(f"""() => {{ const s = {node}.idaPosePreview.slider;
+        s.value = '2'; s.dispatchEvent(new Event('input')); }}""")
+    label = page.evaluate(f"() => {node}.idaPosePreview.label.textContent")
     assert label.startswith("frame 3 / 3") and "1 person" in label
-    # put the node in view and drag joint 3 (right elbow) of person 0 by (30, 20) screen pixels
-    page.evaluate("""() => { const n = window.app.graph.getNodeById(2); const c = window.app.canvas;
-        c.ds.scale = 1; c.ds.offset = [-n.pos[0] + 100, -n.pos[1] + 60]; c.setDirty(true, true); }""")
-    page.wait_for_timeout(500)
-    x, y = page.evaluate("() => window.app.graph.getNodeById(2).idaPosePreview.jointClientPosition(0, 3)")
+    # put the node in view, clear of the menus, at zoom 1 (LiteGraph moves the DOM widget over the
+    # canvas, Vue mode moves the node's element with the graph transform)
+    page.evaluate(f"""() => {{ const n = {node}; const c = window.app.canvas;
+        c.ds.scale = 1; c.ds.offset = [-n.pos[0] + 300, -n.pos[1] + 200]; c.setDirty(true, true); }}""")
+    # the real pointer must land on the preview canvas over joint 3 (right elbow) of person 0
+    page.wait_for_function(f"""() => {{ const p = {node}.idaPosePreview; const [x, y] = p.jointClientPosition(0, 3);
+        const r = p.canvas.getBoundingClientRect();
+        return r.width > 0 && document.elementFromPoint(x, y) === p.canvas; }}""")
+    settle(page)
+    x, y = page.evaluate(f"() => {node}.idaPosePreview.jointClientPosition(0, 3)")
+    assert page.evaluate("([x, y]) => document.elementFromPoint(x, y) === " + node + ".idaPosePreview.canvas", [x, y])
+    pos_before = page.evaluate(f"() => [...{node}.pos]")
+    # drag it by (30, 20) screen pixels
     page.mouse.move(x, y)
     page.mouse.down()
     page.mouse.move(x + 30, y + 20, steps=6)
     page.mouse.up()
-    page.screenshot(path=str(SHOTS / "pose_edit_after_drag.png"))
-    edits = json.loads(page.evaluate("() => window.app.graph.getNodeById(2).widgets.find(w => w.name === 'edits').value"))
-    assert list(edits) == ["2"] and list(edits["2"]) == ["0"] and list(edits["2"]["0"]) == ["3"]
-    serialized = page.evaluate("() => window.app.graph.serialize()")
-    node = next(n for n in serialized["nodes"] if n["id"] == 2)
-    assert json.loads(node["widgets_values"][0]) == edits            # saved with the workflow
+    settle(page)
+    shot(page, "pose_edit_after_drag")
+    assert page.evaluate(f"() => [...{node}.pos]") == pos_before, "the drag moved the node instead of the joint"
+    edits = json.loads(page.evaluate(f"() => {node}.widgets.find(w => w.name === 'edits').value"))
+    assert list(edits) == ["2"] and list(edits["2"]) == ["0"] and list(edits["2"]["0"]) == ["3"], edits
+    # the joint followed the pointer: (30, 20) screen pixels at zoom 1 in keypoint pixels
+    scale = page.evaluate(f"""() => {{ const p = {node}.idaPosePreview; const v = p.view();
+        return v.s * p.canvas.getBoundingClientRect().width / v.cw; }}""")
+    original = json.loads((server.base_dir / "input" / "driving_poses.json").read_text())
+    x0, y0 = original[2]["people"][0]["pose_keypoints_2d"][9:11]
+    assert edits["2"]["0"]["3"] == pytest.approx([x0 + 30 / scale, y0 + 20 / scale], abs=0.2 + 1.5 / scale)
+    serialized = page.evaluate("() => window.app.rootGraph.serialize()")
+    saved_node = next(n for n in serialized["nodes"] if n["id"] == 2)
+    assert json.loads(saved_node["widgets_values"][0]) == edits            # saved with the workflow
     # run again: the moved joint reaches the saved keypoints
-    page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
-    out = server.base_dir / "output" / "browser"
-    page.wait_for_function("() => true")
-    import time
-
-    for _ in range(100):
-        files = sorted(out.glob("poses_*.json"))
-        if len(files) >= 2:
-            break
-        time.sleep(0.2)
-    saved = json.loads(files[-1].read_text())
+    first = newest(out, pattern).stat().st_mtime_ns
+    run_workflow(page)
+    saved_file = newest(out, pattern)
+    assert saved_file.stat().st_mtime_ns > first, "the second run saved no keypoints"
+    saved = json.loads(saved_file.read_text())
     moved = saved[2]["people"][0]["pose_keypoints_2d"][9:11]
     assert moved == pytest.approx(edits["2"]["0"]["3"], abs=0.05)
     assert saved[0]["people"][0]["pose_keypoints_2d"][9:11] != moved
     assert not page.ida_errors, page.ida_errors
+    assert not page.ida_bad_responses, page.ida_bad_responses
 
 
-def test_extract_preview_draws_the_skeleton_over_the_frames(page, server):
+def test_extract_preview_draws_the_skeleton_over_the_frames(page):
     from make_ui_workflows import to_ui
 
+    server = page.ida_server
     api = {
         "1": {"class_type": "LoadImage", "inputs": {"image": "face_reference.png"}},
         "2": {"class_type": "IDA_LoadDWPose", "inputs": {"detector": "yolox_l.onnx", "pose_model": "dw-ll_ucoco_384.onnx", "provider": "auto"}},
         "3": {"class_type": "IDA_DWPoseExtract", "inputs": {"dwpose": ["2", 0], "images": ["1", 0]}},
-        "4": {"class_type": "IDA_SavePoseKeypoints", "inputs": {"pose_keypoint": ["3", 0], "filename_prefix": "browser/extract"}},
+        "4": {"class_type": "IDA_SavePoseKeypoints", "inputs": {"pose_keypoint": ["3", 0], "filename_prefix": f"browser/extract_{page.ida_mode}"}},
     }
     load(page, to_ui(api, server.client.get_json("/object_info"), "extract"))
-    page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
-    page.wait_for_function("""() => { const p = window.app.graph.getNodeById(3).idaPosePreview;
-        return p && p.frames.length === 1 && p.backgrounds?.[0]?.complete && p.backgrounds[0].naturalWidth > 0; }""", timeout=60000)
-    label = page.evaluate("() => window.app.graph.getNodeById(3).idaPosePreview.label.textContent")
+    node = node_expr(3)
+    run_workflow(page)
+    page.wait_for_function(f"""() => {{ const p = {node}.idaPosePreview;
+        return p && p.frames.length === 1 && p.backgrounds?.[0]?.complete && p.backgrounds[0].naturalWidth > 0; }}""", timeout=60000)
+    src = page.evaluate(f"() => {node}.idaPosePreview.backgrounds[0].src")
+    assert src.startswith(page.evaluate("() => window.location.origin + window.comfyAPI.api.api.apiURL('/view?')")), src
+    settle(page)
+    label = page.evaluate(f"() => {node}.idaPosePreview.label.textContent")
     assert label.startswith("frame 1 / 1") and "2 people" in label
     # two people, two different colours
-    colours = page.evaluate("""() => { const p = window.app.graph.getNodeById(3).idaPosePreview;
+    colours = page.evaluate(f"""() => {{ const p = {node}.idaPosePreview;
         const ctx = p.canvas.getContext('2d'); const seen = new Set();
-        for (const person of [0, 1]) { for (let j = 0; j < 18; j++) {
+        for (const person of [0, 1]) {{ for (let j = 0; j < 18; j++) {{
             const f = p.frames[0], t = f.people[person].pose_keypoints_2d;
             if (t[j * 3 + 2] <= 0) continue;
             const v = p.view(); const [x, y] = p.toPixels(t[j * 3], t[j * 3 + 1], f);
             const d = ctx.getImageData(Math.round(v.ox + x * v.s), Math.round(v.oy + y * v.s), 1, 1).data;
-            seen.add(person + ':' + d[0] + ',' + d[1] + ',' + d[2]); break; } }
-        return [...seen]; }""")
+            seen.add(person + ':' + d[0] + ',' + d[1] + ',' + d[2]); break; }} }}
+        return [...seen]; }}""")
     assert len({c.split(":")[1] for c in colours}) == 2, colours
-    page.screenshot(path=str(SHOTS / "pose_extract_preview.png"))
+    shot(page, "pose_extract_preview")
     assert not page.ida_errors, page.ida_errors
+    assert not page.ida_bad_responses, page.ida_bad_responses

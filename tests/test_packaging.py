@@ -19,7 +19,12 @@ def test_requirements_match_pyproject():
 
 def test_tool_comfy_metadata():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["comfy"]
-    assert meta["requires-comfyui"] == ">=0.3.75" and meta["DisplayName"] and meta["PublisherId"]
+    assert meta["DisplayName"] and meta["PublisherId"]
+    # the declared range is the one the compatibility record and the README state
+    bound = meta["requires-comfyui"]
+    assert bound.startswith(">=0.3.75,<")
+    assert f"`{bound}`" in (ROOT / "docs" / "compatibility.md").read_text()
+    assert f"`{bound}`" in (ROOT / "README.md").read_text()
 
 
 def test_models_package_imports_no_comfyui():

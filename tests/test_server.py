@@ -42,6 +42,7 @@ def tiny_prompt(**unet_inputs) -> dict:
     return prompt
 
 
+@pytest.mark.compat
 def test_nodes_are_registered_with_tooltips(server):
     info = server.client.get_json("/object_info")
     assert OUR_NODES <= set(info), f"missing: {OUR_NODES - set(info)}\n{server.import_failures()}"
@@ -63,6 +64,7 @@ def test_model_folders_include_yaml_paths_and_onnx(server):
     assert "unet_from_yaml.pth" in combo[1]["options"]
 
 
+@pytest.mark.compat
 def test_example_workflow_runs_through_the_server(server):
     result = server.client.run(tiny_prompt(), timeout=600)
     assert result.status == "success", result.error
@@ -93,6 +95,7 @@ def test_wrong_file_in_unet_slot_gives_a_readable_error(server):
     assert server.client.run(tiny_prompt(), timeout=600).status == "success"
 
 
+@pytest.mark.compat
 def test_pose_workflow_extract_align_render_preview(server):
     prompt = json.loads(POSE_WORKFLOW.read_text())
     result = server.client.run(prompt, timeout=300)
@@ -133,15 +136,12 @@ def test_face_embed_without_a_face_is_a_readable_error(server):
     assert "No face found in the reference image" in result.error["exception_message"]
 
 
+@pytest.mark.compat
 def test_full_animation_through_the_server(server):
     """Reference image + driving video -> DWPose -> align -> face -> sampler (two windows) -> saved video."""
-    import time
-
-    start = time.monotonic()
+    # speed is measured by `make bench`, never asserted here: a loaded CI machine is not a benchmark
     result = server.client.run(animate_prompt(), timeout=600)
-    took = time.monotonic() - start
     assert result.status == "success", result.error
-    assert took < 60, f"the tiny end-to-end animation took {took:.0f} s on CPU"
     videos = result.outputs["20"]["images"]
     path = server.base_dir / "output" / videos[0]["subfolder"] / videos[0]["filename"]
     import av
@@ -170,6 +170,7 @@ def test_cancel_mid_sampling_leaves_the_server_healthy(server):
     assert server.client.run(again, timeout=600).status == "success"
 
 
+@pytest.mark.compat
 def test_full_animation_with_face_refinement_on_cpu(server):
     prompt = json.loads(REFINE_WORKFLOW.read_text())
     prompt["1"]["inputs"]["image"] = "face_reference.png"

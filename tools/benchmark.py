@@ -64,7 +64,7 @@ def _components(real: bool, dtype):
     from identity_animator.nodes.svd_model import build_svd_model
 
     if real:
-        keys = json.loads((ROOT.parent / "shared" / "reference" / "stableanimator_checkpoint_keys.json").read_text())
+        keys = json.loads((ROOT / "tests" / "data" / "official_checkpoint_keys.json").read_text())
         unet_sd = _random_like(keys["Animation/unet.pth"], torch.float16)
         pose_sd = _random_like(keys["Animation/pose_net.pth"], torch.float32, 1)
         arc = IResNet(**IResNet.config_from_state_dict({k: torch.empty(s) for k, s in keys["Animation/glintr100_torch.pth"].items()}))

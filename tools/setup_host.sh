@@ -22,7 +22,8 @@ CONSTRAINTS="$ROOT/tools/constraints-cpu.txt"
 
 log() { printf '[setup] %s\n' "$*"; }
 
-if [[ -f "$STAMP" && -f "$COMFY/main.py" && -e "$COMFY/custom_nodes/$PACK_LINK_NAME" ]]; then
+if [[ -f "$STAMP" && -f "$COMFY/main.py" && -e "$COMFY/custom_nodes/$PACK_LINK_NAME" \
+      && -f "$HOST_DIR/frontend-latest/VERSION" ]]; then
   log "host ready: $COMFY (venv $VENV)"
   exit 0
 fi
@@ -107,6 +108,9 @@ if ! command -v chromium >/dev/null 2>&1; then
     log "Chromium is not installed: the browser tests will fail (apt-get install chromium)"
   fi
 fi
+
+# the browser tests also run the pack in a recent frontend, served through --front-end-root
+VENV="$VENV" bash "$ROOT/tools/setup_frontend.sh"
 
 mkdir -p "$COMFY/custom_nodes"
 ln -sfn "$ROOT" "$COMFY/custom_nodes/$PACK_LINK_NAME"

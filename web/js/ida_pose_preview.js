@@ -1,6 +1,7 @@
 // Identity Animator: keypoint preview on the pose nodes, and joint editing on Pose Edit.
 // Reads the node's `openpose_json` UI output (the same key comfyui_controlnet_aux uses).
 import { app } from "../../../scripts/app.js";
+import { api } from "../../../scripts/api.js";
 
 const PREVIEW_NODES = new Set([
   "IDA_DWPoseExtract", "IDA_PoseAlign", "IDA_LoadPoseKeypoints", "IDA_SavePoseKeypoints", "IDA_PoseEdit",
@@ -50,7 +51,7 @@ class PosePreview {
     this.backgrounds = (files || []).map((f) => {
       const img = new Image();
       const q = new URLSearchParams({ filename: f.filename, subfolder: f.subfolder || "", type: f.type || "temp" });
-      img.src = `/view?${q}`;
+      img.src = api.apiURL(`/view?${q}`);  // honours a sub-path / proxy prefix (api_base)
       img.onload = () => this.draw();
       return img;
     });
@@ -187,8 +188,8 @@ class PosePreview {
     edits[frame][person][joint] = xy;
     widget.value = JSON.stringify(edits);
     widget.callback?.(widget.value);
-    this.node.setDirtyCanvas?.(true, true);
-    app.graph?.setDirtyCanvas?.(true, true);
+    this.node.setDirtyCanvas?.(true, true);  // the node's own graph (also inside a subgraph)
+    app.canvas?.setDirty?.(true, true);       // not the deprecated app.graph
   }
 }
 
