@@ -5,6 +5,12 @@ COCO-WholeBody keypoints per person. The output is re-ordered the way StableAnim
 does: a neck (mean of the shoulders) is inserted and the body re-indexed to OpenPose-18, giving 134
 points: body ``[0:18]``, feet ``[18:24]``, face ``[24:92]``, the two hands ``[92:113]``, ``[113:134]``.
 
+When the detector finds nobody, the whole image is the person box, as the official pose
+pre-processing does (``dwpose_utils/onnxpose.py``): a dancer too close to the camera for YOLOX, or
+cut by the frame edge, still gets a skeleton. The result then always holds at least one person;
+whether that person is credible is for the caller to judge from the scores (``WholeBody.whole_image``
+says when it happened).
+
 Images are RGB uint8 ``[H, W, 3]``. onnxruntime and OpenCV are imported when a model is built.
 """
 from __future__ import annotations
@@ -153,9 +159,10 @@ class WholeBody:
 
     xy: np.ndarray
     score: np.ndarray
-    boxes: np.ndarray
+    boxes: np.ndarray       # the boxes the pose model was run on, in the detector's order
     width: int
     height: int
+    whole_image: bool = False  # nobody was detected: the one "person" comes from the whole image
 
 
 class DWPose:
@@ -202,5 +209,9 @@ class DWPose:
     def __call__(self, img: np.ndarray) -> WholeBody:
         h, w = img.shape[:2]
         boxes = self.detect(img)
+        whole = len(boxes) == 0
+        if whole:
+            # official fallback: run the pose model on the whole image rather than return nobody
+            boxes = np.array([[0.0, 0.0, float(w), float(h)]])
         kpts, scores = self.keypoints(img, boxes)
-        return WholeBody(kpts / np.array([w, h], float), scores, boxes, w, h)
+        return WholeBody(kpts / np.array([w, h], float), scores, boxes, w, h, whole_image=whole)

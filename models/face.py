@@ -1,5 +1,5 @@
 """Face stage: the reference's ArcFace embedding (insightface antelopev2), SVD's CLIP preprocessing,
-and per-frame face boxes for refinement.
+and per-frame face boxes and five-point landmarks for refinement.
 
 insightface and onnxruntime are imported when an analyser is built. Images are RGB uint8 unless a
 function says otherwise.
@@ -216,6 +216,37 @@ def box_mask(box, width: int, height: int, margin: float) -> torch.Tensor:
     if c1 > c0 and r1 > r0:
         mask[r0:r1, c0:c1] = 1.0
     return mask
+
+
+# the 68-point face indices (iBUG order, which DWPose's face points follow) that make insightface's
+# five landmarks: image-left eye centre, image-right eye centre, nose tip, image-left and image-right
+# mouth corner -- the points ArcFace's training crops were aligned on
+FIVE_POINT_GROUPS = (tuple(range(36, 42)), tuple(range(42, 48)), (30,), (48,), (54,))
+
+
+def five_points(face_xy, face_score, threshold: float = 0.3) -> np.ndarray | None:
+    """insightface's five landmarks ``[5, 2]`` from a person's 68 face points (same coordinates), or
+    ``None`` when any of the 15 points they are made of is below ``threshold`` (a face turned away or
+    hidden): a centre made of the visible half of an eye would pull the alignment sideways."""
+    if face_xy is None or face_score is None:
+        return None
+    xy, score = np.asarray(face_xy, float), np.asarray(face_score, float)
+    if len(xy) < 68 or any((score[list(g)] <= threshold).any() for g in FIVE_POINT_GROUPS):
+        return None
+    return np.stack([xy[list(g)].mean(0) for g in FIVE_POINT_GROUPS])
+
+
+@dataclass(frozen=True)
+class FaceLandmarks:
+    """Per-frame five face points (see :func:`five_points`) in pixels of a ``width x height`` frame;
+    ``None`` where a frame has too few visible face points. What face refinement aligns each frame on."""
+
+    points: tuple
+    width: int
+    height: int
+
+    def __len__(self) -> int:
+        return len(self.points)
 
 
 @dataclass(frozen=True)

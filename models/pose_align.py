@@ -8,7 +8,10 @@ frame would erase real motion (a jump, a step towards the camera).
 * ``official``: StableAnimator/MimicMotion's global fit — ``y_ref = a_y·y_drv + b_y`` by least squares
   over every single-person frame's joints that are visible in the reference, ``a_x`` from ``a_y`` with
   the aspect-ratio correction ``a_x = a_y·(H_r/W_r)/(H_d/W_d)`` (normalised coordinates), and
-  ``b_x = mean(x_ref − a_x·x_drv)``. No rotation.
+  ``b_x = mean(x_ref − a_x·x_drv)``. No rotation. Like the original, the driving joints' scores are
+  not looked at: a joint DWPose placed with a low score still counts. Only a driving joint with no
+  coordinates at all (``0, 0, 0`` in keypoints from another pack; DWPose always gives coordinates)
+  is left out, since the original never sees one and ``(0, 0)`` is not a place on the body.
 * ``similarity``: weighted Umeyama / Procrustes via SVD (scale, optional rotation, translation) on
   stable joints pooled over the chosen frames.
 """
@@ -17,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from .keypoints import known
 
 # nose, neck, shoulders, hips, knees, ankles, eyes, ears (no elbows or wrists) — the official set
 OFFICIAL_JOINTS = (0, 1, 2, 5, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17)
@@ -84,7 +89,8 @@ def fit_official(ref_xy, ref_conf, drv_xy, drv_conf, ref_size, drv_size, joints=
     """The official global scale/offset fit, with the aspect-ratio fix; returns a pixel transform.
 
     ``ref_xy [18,2]``, ``ref_conf [18]``; ``drv_xy [F,18,2]``, ``drv_conf [F,18]`` for the
-    single-person frames; sizes are ``(width, height)``.
+    single-person frames; sizes are ``(width, height)``. ``threshold`` applies to the reference
+    only; ``drv_conf`` only tells joints without coordinates (score 0 at ``(0, 0)``) apart.
     """
     ref_xy, ref_conf = np.asarray(ref_xy, float), np.asarray(ref_conf, float)
     drv_xy, drv_conf = np.asarray(drv_xy, float), np.asarray(drv_conf, float)
@@ -93,11 +99,13 @@ def fit_official(ref_xy, ref_conf, drv_xy, drv_conf, ref_size, drv_size, joints=
     idx = [j for j in joints if ref_conf[j] > threshold]
     if len(idx) < 2:
         raise AlignmentError(f"The reference shows fewer than two of the joints {list(joints)}; use mode 'none'.")
-    vis = drv_conf[:, idx] > threshold                      # [F, J]
+    # every reference-visible joint of every frame, whatever the driving score (the official fit)
+    vis = known(drv_xy[:, idx], drv_conf[:, idx])            # [F, J]
     y_drv, y_ref = drv_xy[:, idx, 1][vis], np.broadcast_to(ref_xy[idx, 1], vis.shape)[vis]
     x_drv, x_ref = drv_xy[:, idx, 0][vis], np.broadcast_to(ref_xy[idx, 0], vis.shape)[vis]
     if y_drv.size < 2 or np.ptp(y_drv) < 1e-9:
-        raise AlignmentError("Too few visible joints in the driving frames to fit a vertical scale.")
+        raise AlignmentError("Too few joints in the driving frames to fit a vertical scale (or they all lie at "
+                             "one height); use mode 'similarity' or 'none'.")
     a_y, b_y = np.polyfit(y_drv, y_ref, 1)
     (wr, hr), (wd, hd) = ref_size, drv_size
     a_x = a_y * (hr / wr) / (hd / wd)

@@ -1,12 +1,18 @@
 """Skeleton images drawn the way StableAnimator drew its training poses (PoseNet was trained on them).
 
-Facts (official ``DWPose/skeleton_extraction.py``): the canvas is the target size scaled so its short
-side is 2160 px; per person, the first 17 of the 19 OpenPose limbs as filled ellipses of half-width
-4 px, colour x (score_a x score_b), skipped when either score < 0.3; then the whole canvas x 0.6;
-then joints (score > 0.3) as radius-4 discs coloured x score; hands (20 edges, 2 px lines in HSV
-hues x score_a x score_b x 255, radius-4 points (0, 0, score x 255)); face points (radius 3,
-grey = score x 255); finally a bilinear resize to the target size. Values are RGB with the
-palette's literal triples (limb 0 is red), as in the saved PNGs.
+Facts (official ``DWPose/skeleton_extraction.py``, ``draw_pose``): the canvas is the target size
+scaled so its short side is 2160 px. Body: the first 17 of the 19 OpenPose limbs as filled ellipses
+of half-width 4 px, colour x (score_a x score_b), skipped when either score < 0.3, drawn limb by limb
+and, within a limb, person by person; then the whole canvas x 0.6; then joints (score > 0.3) as
+radius-4 discs coloured x score, joint by joint across people. Hands: the first hand of every person,
+then the second hand of every person; per hand 20 edges as 2 px lines in HSV hues x
+int(score_a x score_b x 255), then radius-4 points (0, 0, int(score x 255)). Face points: radius 3,
+grey = int(score x 255). Hands and face have **no** score threshold: a low-score point is drawn dim,
+and only a point at x or y <= 0.01 px is skipped. Finally a bilinear resize to the target size.
+Values are RGB with the palette's literal triples (limb 0 is red), as in the saved PNGs.
+
+People are stacked in the detector's order (``Person.rank``, best box first), which is the order the
+official code holds them in; without ranks the list order is used.
 """
 from __future__ import annotations
 
@@ -37,27 +43,34 @@ def canvas_size(width: int, height: int) -> tuple[int, int]:
     return int(width * ratio), int(height * ratio)
 
 
+def _blend(color, alpha) -> list[int]:
+    # the weight is one number first (score_a x score_b), then applied: (c x a) x b can round
+    # differently from c x (a x b), and int() turns that into a one-level pixel difference
+    return [int(c * alpha) for c in color]
+
+
 def _draw_body(canvas, people: list[Person]) -> np.ndarray:
     import cv2
 
     h, w = canvas.shape[:2]
-    for p in people:
-        xy, sc = p.body, p.body_score
-        for i in range(DRAWN_LIMBS):
-            a, b = LIMBS[i]
+    # limb-major: a later limb covers an earlier one whoever it belongs to, as in the official loop
+    for i in range(DRAWN_LIMBS):
+        a, b = LIMBS[i]
+        for p in people:
+            xy, sc = p.body, p.body_score
             if sc[a] < VISIBLE or sc[b] < VISIBLE:
                 continue
             px, py = xy[[a, b], 0] * w, xy[[a, b], 1] * h
             length = float(np.hypot(px[0] - px[1], py[0] - py[1]))
             angle = np.degrees(np.arctan2(py[0] - py[1], px[0] - px[1]))
             poly = cv2.ellipse2Poly((int(px.mean()), int(py.mean())), (int(length / 2), STICK_WIDTH), int(angle), 0, 360, 1)
-            cv2.fillConvexPoly(canvas, poly, [int(c * sc[a] * sc[b]) for c in COLORS[i]])
+            cv2.fillConvexPoly(canvas, poly, _blend(COLORS[i], sc[a] * sc[b]))
     canvas = (canvas * LIMB_DIM).astype(np.uint8)
-    for p in people:
-        for i in range(len(COLORS)):
+    for i in range(len(COLORS)):
+        for p in people:
             if p.body_score[i] > VISIBLE:
                 x, y = int(p.body[i, 0] * w), int(p.body[i, 1] * h)
-                cv2.circle(canvas, (x, y), 4, [int(c * p.body_score[i]) for c in COLORS[i]], thickness=-1)
+                cv2.circle(canvas, (x, y), 4, _blend(COLORS[i], p.body_score[i]), thickness=-1)
     return canvas
 
 
@@ -87,15 +100,25 @@ def _draw_face(canvas, xy: np.ndarray, score: np.ndarray) -> None:
             cv2.circle(canvas, (x, y), 3, (g, g, g), thickness=-1)
 
 
+def detector_order(people: list[Person]) -> list[Person]:
+    """``people`` in the detector's order where every person has a rank, else as given."""
+    if people and all(p.rank is not None for p in people):
+        return sorted(people, key=lambda p: p.rank)
+    return list(people)
+
+
 def draw_skeleton(people: list[Person], width: int, height: int) -> np.ndarray:
     """``[height, width, 3]`` uint8 RGB pose image of ``people`` (normalised coordinates)."""
     import cv2
 
+    people = detector_order(people)
     cw, ch = canvas_size(width, height)
     canvas = np.zeros((ch, cw, 3), dtype=np.uint8)
     canvas = _draw_body(canvas, people)
-    for p in people:
-        for xy, sc in ((p.hand_left, p.hand_left_score), (p.hand_right, p.hand_right_score)):
+    # the official code stacks every person's first hand, then every person's second hand
+    for name in ("hand_left", "hand_right"):
+        for p in people:
+            xy, sc = getattr(p, name), getattr(p, f"{name}_score")
             if xy is not None:
                 _draw_hand(canvas, xy, sc)
     for p in people:

@@ -10,7 +10,7 @@ import comfy.model_management as mm
 import comfy.utils
 from comfy_api.latest import io
 
-from .patches import IDAttentionPatch, PoseResidualPatch
+from .patches import IDAttentionPatch, PoseResidualPatch, temporal_block_marks
 from . import types
 
 logger = logging.getLogger(__name__)
@@ -71,6 +71,9 @@ class ApplyStableAnimator(io.ComfyNode):
         for (block, number), kv in id_adapter.blocks.items():
             m.set_model_attn2_replace(IDAttentionPatch(kv["to_k"], kv["to_v"], tokens, id_strength, sigma_start, sigma_end),
                                       block, number)
+        # the temporal blocks find the same replace patches; their mark keeps the face off them
+        for name, mark in temporal_block_marks(m.model.diffusion_model).items():
+            m.add_object_patch(name, mark)
         keep = torch.float32 if m.model.get_dtype() == torch.float32 else torch.float16
         feats = _pose_features(pose_net, pose_images, keep_dtype=keep)
         channels = m.model.diffusion_model.input_blocks[0][0].weight.shape[0]

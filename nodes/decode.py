@@ -70,9 +70,10 @@ class AnimationDecode(io.ComfyNode):
             inputs=[
                 io.Vae.Input("vae", tooltip="SVD-xt VAE."),
                 io.Latent.Input("latent", tooltip="From Animation Sampler."),
-                io.Int.Input("chunk_size", default=8, min=1, max=256,
+                io.Int.Input("chunk_size", default=4, min=1, max=256,
                              tooltip="Frames decoded together. The decoder smooths over a chunk: larger is smoother "
-                             "and needs more memory (official default 4; its README suggests 8 or 16)."),
+                             "and needs more memory. 4 is the official value and what face refinement decodes "
+                             "with (its chunk): keep the two equal so faces look as they were refined."),
                 io.Boolean.Input("decode_on_cpu", default=False,
                                  tooltip="Decode on the CPU (slow) when the GPU has no room for the temporal decoder, "
                                  "e.g. 576x1024 on 8-12 GB cards."),

@@ -12,8 +12,8 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..models import keypoints as kp
-from ..models.face import (COLOR_ORDERS, FaceAnalyzer, FaceConditioning, box_mask, clip_pixels, face_box,
-                           find_insightface_root)
+from ..models.face import (COLOR_ORDERS, FaceAnalyzer, FaceConditioning, FaceLandmarks, box_mask, clip_pixels,
+                           face_box, find_insightface_root, five_points)
 from . import types
 from .folders import INSIGHTFACE
 
@@ -60,7 +60,8 @@ def _to_uint8(image: torch.Tensor) -> np.ndarray:
 class FaceEmbed(io.ComfyNode):
     """Finds the reference's face and returns its raw 512-d ArcFace embedding, box and landmarks.
 
-    No face is an error (StableAnimator's scripts silently used zeros); allow_missing opts into zeros."""
+    No face is an error (the official scripts then tried facexlib's RetinaFace detector and, failing that,
+    went on with a zero embedding); allow_missing opts into zeros."""
 
     @classmethod
     def define_schema(cls):
@@ -137,7 +138,8 @@ class FaceEncode(io.ComfyNode):
 
 
 class FaceBoxes(io.ComfyNode):
-    """Per-frame face boxes from the aligned driving keypoints, at generation resolution, for face refinement.
+    """Per-frame face boxes and face landmarks from the aligned driving keypoints, at generation
+    resolution, for face refinement.
 
     Replaces the hand-made mask folders of the official scripts; preview or edit the masks like any MASK."""
 
@@ -154,25 +156,38 @@ class FaceBoxes(io.ComfyNode):
                                tooltip="Grow each box by this fraction of its size on every side."),
                 io.Int.Input("person", default=0, min=0, max=32, tooltip="Whose face, largest first."),
             ],
-            outputs=[io.Mask.Output(display_name="face_masks",
-                                    tooltip="One filled face rectangle per frame; empty where no face is visible.")],
+            outputs=[
+                io.Mask.Output(display_name="face_masks",
+                               tooltip="One filled face rectangle per frame; empty where no face is visible."),
+                types.FaceLandmarks.Output(display_name="face_landmarks",
+                                         tooltip="Eyes, nose tip and mouth corners of each frame's face, for Face "
+                                         "Refine Sampler to cut every face out the way the reference's is. A frame "
+                                         "whose face is turned away or hidden has none and is not refined."),
+            ],
         )
 
     @classmethod
     def execute(cls, pose_keypoint, width, height, margin, person) -> io.NodeOutput:
         frames = kp.from_pose_keypoint(pose_keypoint)
         masks = torch.zeros(len(frames), height, width)
-        empty = 0
+        points = []
+        empty = unaligned = 0
         for i, fr in enumerate(frames):
-            box = None
+            box = pts = None
             if len(fr.people) > person:
                 p = fr.people[person]
                 box = face_box(p.face, p.face_score, p.body, p.body_score)
+                pts = five_points(p.face, p.face_score)
             masks[i] = box_mask(box, width, height, margin)
+            points.append(None if pts is None else pts * np.array([width, height], float))
             empty += box is None
+            unaligned += box is not None and pts is None
         if empty:
             logger.warning("Face Boxes: no face in %d of %d frame(s); refinement skips those frames", empty, len(frames))
-        return io.NodeOutput(masks)
+        if unaligned:
+            logger.warning("Face Boxes: %d of %d frame(s) show too few face points for the eyes, nose and mouth "
+                           "corners (face turned away or hidden); refinement with these landmarks skips them", unaligned, len(frames))
+        return io.NodeOutput(masks, FaceLandmarks(tuple(points), width, height))
 
 
 NODES = [LoadFaceAnalysis, FaceEmbed, FaceEncode, FaceBoxes]

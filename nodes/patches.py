@@ -8,16 +8,60 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from comfy.ldm.modules.attention import optimized_attention
+from comfy.ldm.modules.attention import SpatialVideoTransformer, optimized_attention
 
 from ..models.id_attention import id_attention
 
+# transformer_options key that the temporal blocks' forward adds for the blocks below it
+TEMPORAL_BLOCK = "ida_temporal_block"
+
+
+class TemporalBlockMark:
+    """Object patch for the ``forward`` of one temporal transformer block (a SpatialVideoTransformer's
+    ``time_stack`` entry): runs the block's own forward with ``TEMPORAL_BLOCK`` in its options.
+
+    ComfyUI looks attn2 replace patches up by ``(block, number[, block_index])``, and a
+    SpatialVideoTransformer hands the same options to its spatial and its temporal block, so both
+    find the ID adapter under the same key. The query shapes ([B·T, h·w, C] vs [B·h·w, T, C]) tell
+    them apart only while T != h·w: 16-frame windows at 256×256 px meet a 4×4 middle block, 64 frames
+    at 512×512 px an 8×8 one. The mark says which block is calling, whatever the sizes. Where ComfyUI
+    leaves it on a block after this model is done, it is inert: only ``IDAttentionPatch`` reads it.
+    """
+
+    def __init__(self, block: torch.nn.Module):
+        self.block = block
+
+    def __deepcopy__(self, memo):
+        return self   # holds a module of the model: a copy would be a second, detached UNet block
+
+    def __call__(self, x, context=None, transformer_options=None, **kwargs):
+        opts = {**(transformer_options or {}), TEMPORAL_BLOCK: True}   # a copy: the spatial block's stay unmarked
+        # the class's forward, not ``self.block.forward``: that attribute is this object while patched
+        return type(self.block).forward(self.block, x, context=context, transformer_options=opts, **kwargs)
+
+
+def temporal_block_marks(diffusion_model) -> dict[str, TemporalBlockMark]:
+    """Object-patch name (relative to the ``BaseModel``) -> mark, for every temporal transformer block."""
+    marks = {}
+    for name, module in diffusion_model.named_modules():
+        if isinstance(module, SpatialVideoTransformer):
+            for i, block in enumerate(module.time_stack):
+                marks[f"diffusion_model.{name}.time_stack.{i}.forward"] = TemporalBlockMark(block)
+    return marks
+
 
 def _is_spatial(q: torch.Tensor, extra: dict) -> bool:
-    # attn2 patches fire for the spatial block (queries [B*T, h*w, C]) and the temporal one
-    # (queries [B*h*w, T, C]) with the same key; only the shapes tell them apart
+    if extra.get(TEMPORAL_BLOCK):
+        return False
+    # unmarked means spatial; a query that cannot be one means the marks are not in place (a host
+    # that calls the temporal blocks another way), which would put the face on the temporal attention
     bt, _, h, w = extra["activations_shape"]
-    return q.shape[0] == bt and q.shape[1] == h * w
+    if q.shape[0] != bt or q.shape[1] != h * w:
+        raise RuntimeError(
+            f"ID adapter called by an unmarked attention with queries {tuple(q.shape)} at a {bt}x{h}x{w} block: "
+            "the temporal-block marks that Apply StableAnimator installs are missing. Re-apply it to an "
+            "unpatched model, or report this with your ComfyUI version.")
+    return True
 
 
 def _per_chunk(cond_or_uncond: list[int], batch: int, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ import comfy.utils
 from comfy_api.latest import io
 
 from ..models import keypoints as kp
-from ..models.pose_pipeline import MODES, align_video, frame_from_wholebody
+from ..models.pose_pipeline import MODES, align_video, credible, frame_from_wholebody
 from ..models.skeleton import draw_skeleton
 from . import types
 from .folders import DWPOSE, full_path, list_files
@@ -102,6 +102,8 @@ class DWPoseExtract(io.ComfyNode):
     """Detects every person in every frame and returns their whole-body keypoints as POSE_KEYPOINT.
 
     Compatible with comfyui_controlnet_aux: its DWPose node can feed the nodes here and the reverse.
+    Where the detector finds nobody, the whole frame is used as the person's box, as in the official
+    DWPose.
     """
 
     @classmethod
@@ -114,23 +116,34 @@ class DWPoseExtract(io.ComfyNode):
                 io.Image.Input("images", tooltip="Driving video frames, or the reference image."),
             ],
             outputs=[types.PoseKeypoint.Output(display_name="pose_keypoint",
-                                               tooltip="One OpenPose dict per frame (pixels); people largest first.")],
+                                               tooltip="One OpenPose dict per frame (pixels); people largest first. "
+                                               "Faint hand and face points are kept for Render Skeleton, which "
+                                               "draws them dim as StableAnimator did.")],
         )
 
     @classmethod
     def execute(cls, dwpose, images) -> io.NodeOutput:
         frames = []
         pbar = comfy.utils.ProgressBar(len(images))
-        empty = 0
+        whole, unsure = [], []
         for i, img in enumerate(images):
             mm.throw_exception_if_processing_interrupted()
             rgb = (img[..., :3].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
             wb = dwpose(rgb)
             frames.append(frame_from_wholebody(wb.xy, wb.score, wb.width, wb.height))
-            empty += not frames[-1].people
+            if wb.whole_image:
+                whole.append(i)
+                if not credible(frames[-1].people[0]):
+                    unsure.append(i)
             pbar.update_absolute(i + 1, len(images))
-        if empty:
-            logger.warning("Pose Extract: no person found in %d of %d frame(s)", empty, len(images))
+        if whole:
+            # the official fallback keeps these frames; say which, so a wrong skeleton can be found
+            logger.warning("Pose Extract: the person detector found nobody in %d of %d frame(s) %s; as in the "
+                           "official DWPose, the whole frame was used as the person's box", len(whole),
+                           len(images), whole[:12])
+        if unsure:
+            logger.warning("Pose Extract: in %d of those frame(s) %s not one body joint scores above 0.3: nobody is "
+                           "there, or the pose model could not find them", len(unsure), unsure[:12])
         value = kp.to_pose_keypoint(frames)
         return io.NodeOutput(value, ui=_pose_json_ui(value, _save_preview_frames(images)))
 
@@ -158,14 +171,18 @@ class PoseAlign(io.ComfyNode):
                 types.PoseKeypoint.Input("driving_pose", tooltip="Keypoints of the driving video."),
                 io.Combo.Input("mode", options=modes, default="similarity",
                                tooltip="similarity: one scale+rotation+translation (weighted Umeyama) on stable joints. "
-                               "official: StableAnimator's scale/offset fit with the aspect-ratio fix. "
+                               "official: StableAnimator's fit: one scale and offset from every frame that shows "
+                               "exactly one person, using each torso, leg and head joint seen in the reference "
+                               "however unsure the driving joint is (as the original does), plus the aspect-ratio "
+                               "fix the original lost, so a video of another shape is not stretched. "
                                "learnable: SVD-guided learnt refinement (listed only when its checkpoint ships). "
                                "none: draw the driving poses as they are."),
                 io.Boolean.Input("allow_rotation", default=False,
                                  tooltip="similarity only: also fit a rotation (for a tilted camera). Off keeps the body upright."),
                 io.Int.Input("fit_frames", default=8, min=0, max=10000,
-                             tooltip="Fit on the first N frames that show the followed person (0 = all). Never per frame: "
-                             "that would erase real motion."),
+                             tooltip="similarity and learnable: fit on the first N frames that show the followed person "
+                             "(0 = all). official always uses every frame with exactly one person, like the original. "
+                             "Never per frame: that would erase real motion."),
                 io.Int.Input("reference_person", default=0, min=0, max=32, tooltip="Which person in the reference, largest first."),
                 io.Int.Input("driving_person", default=0, min=0, max=32, tooltip="Which person to follow in the driving video, largest first."),
             ],

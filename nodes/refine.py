@@ -17,7 +17,8 @@ import comfy.model_management as mm
 import comfy.samplers
 from comfy_api.latest import io
 
-from ..models.face_refine import FaceRefiner, RefineSchedule, boxes_from_masks, reference_embedding
+from ..models.face_refine import (FRAMINGS, FaceRefiner, RefineSchedule, boxes_from_masks, frame_targets,
+                                  reference_embedding, reference_target)
 from ..models.samplers import sample_euler, sample_heun_churn
 from . import types
 from .vae_decoder import fresh_decoder
@@ -25,6 +26,8 @@ from .vae_decoder import fresh_decoder
 logger = logging.getLogger(__name__)
 
 SAMPLERS = {"euler": sample_euler, "heun_churn": sample_heun_churn}
+# the official refinement runs in fp32; bf16/fp16 halve the decoder's memory at some cost in gradient precision
+DECODE_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def checkpointed_decode(decoder, z: torch.Tensor) -> torch.Tensor:
@@ -66,37 +69,61 @@ class RefineSamplerFunction:
     def __init__(self, sampler: str, opts: dict):
         self.sampler, self.opts = sampler, opts
 
+    def build(self, model, x: torch.Tensor) -> FaceRefiner:
+        """The refiner for a video latent ``x [frames, 4, h, w]``: checks the face masks and landmarks
+        against it, frames the reference and every frame by one rule, builds the gradient decoder."""
+        o = self.opts
+        frames, height, width = x.shape[0], x.shape[2] * 8, x.shape[3] * 8
+        masks, marks = o["face_masks"], o["face_landmarks"]
+        if masks.shape[0] != frames or masks.shape[1:] != (height, width):
+            raise ValueError(f"Face masks are {tuple(masks.shape)} but the video is {frames} frames of "
+                             f"{width}x{height}: build them with Face Boxes at the generation size.")
+        if marks is not None and (len(marks) != frames or (marks.width, marks.height) != (width, height)):
+            raise ValueError(f"Face landmarks are {len(marks)} frames of {marks.width}x{marks.height} but the video is "
+                             f"{frames} frames of {width}x{height}: take them from the same Face Boxes as the masks.")
+        framing = o["framing"]
+        if marks is None:
+            logger.warning("Face refinement: face_landmarks is not connected, so faces are cut from boxes (the "
+                           "reference from Face Embed's detector box, the frames from the face masks), which frame "
+                           "faces differently. Connect Face Boxes' face_landmarks for framing '%s'.", framing)
+            framing = "official"
+        face, reference = o["face"], o["reference"]
+        ref_h, ref_w = reference.shape[:2]
+        ref_target = reference_target(face.bbox, face.kps, framing, ref_w, ref_h)
+        targets = frame_targets(boxes_from_masks(masks), None if marks is None else marks.points, framing,
+                                face.bbox, face.kps, width, height)
+        base = model.inner_model.inner_model
+        device = x.device
+        dtype = DECODE_PRECISIONS[o["precision"]]
+        logger.info("Face refinement: framing %s, decoder in %s on %s, %d of %d frames with a face",
+                    framing if marks is not None else "boxes", o["precision"], device,
+                    sum(t is not None for t in targets), frames)
+        decoder = GradDecoder(o["vae"], base.process_latent_out, device, dtype)
+        with torch.inference_mode(False):
+            arcface = o["arcface"].to(device)
+            ref = reference_embedding(arcface, reference.to(device), ref_target)
+        return FaceRefiner(decoder, arcface, ref, targets, o["schedule"], margin=o["margin"], chunk=o["chunk"],
+                           crop=o["crop"], check_cancel=mm.throw_exception_if_processing_interrupted)
+
     def __call__(self, model, x, sigmas, extra_args=None, callback=None, disable=None, **churn):
         o = self.opts
         sample = SAMPLERS[self.sampler]
         kwargs = churn if self.sampler == "heun_churn" else {}
         if not o["enabled"]:
             return sample(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, **kwargs)
-        masks = o["face_masks"]
-        if masks.shape[0] != x.shape[0] or masks.shape[1:] != (x.shape[2] * 8, x.shape[3] * 8):
-            raise ValueError(f"Face masks are {tuple(masks.shape)} but the video is {x.shape[0]} frames of "
-                             f"{x.shape[3] * 8}x{x.shape[2] * 8}: build them with Face Boxes at the generation size.")
-        base = model.inner_model.inner_model
-        device = x.device
-        dtype = torch.float32 if device.type == "cpu" else o["vae"].vae_dtype
-        decoder = GradDecoder(o["vae"], base.process_latent_out, device, dtype)
-        with torch.inference_mode(False):
-            arcface = o["arcface"].to(device)
-            ref = reference_embedding(arcface, o["reference"].to(device), o["face"].bbox)
-        refiner = FaceRefiner(decoder, arcface, ref, boxes_from_masks(masks), o["schedule"], margin=o["margin"],
-                              chunk=o["chunk"], crop=o["crop"], check_cancel=mm.throw_exception_if_processing_interrupted)
+        refiner = self.build(model, x)
         try:
             return sample(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, refine=refiner, **kwargs)
         finally:
             o["arcface"].to(mm.unet_offload_device())
-            del decoder, refiner
+            del refiner
             mm.soft_empty_cache()
 
 
 class FaceRefineSampler(io.ComfyNode):
     """A SAMPLER with StableAnimator's HJB face refinement: at each step in the window the predicted
     clean video is nudged (Adam) so the ArcFace identity of every frame's face moves towards the
-    reference's. Plug it into Animation Sampler or SamplerCustomAdvanced."""
+    reference's. Plug it into Animation Sampler or SamplerCustomAdvanced (any SVD-family model)."""
 
     @classmethod
     def define_schema(cls):
@@ -106,9 +133,10 @@ class FaceRefineSampler(io.ComfyNode):
             inputs=[
                 io.Vae.Input("vae", tooltip="SVD-xt VAE (refinement decodes faces with gradients through a private decoder built from its weights)."),
                 types.ArcFace.Input("arcface", tooltip="From Load ArcFace (PyTorch)."),
-                io.Image.Input("reference", tooltip="The reference image."),
-                types.Face.Input("face", tooltip="From Face Embed: the reference face box."),
-                io.Mask.Input("face_masks", tooltip="From Face Boxes, at the generation size: where each frame's face is."),
+                io.Image.Input("reference", tooltip="The reference image (the same one Face Embed looked at)."),
+                types.Face.Input("face", tooltip="From Face Embed: where the reference's face is (box and five landmarks)."),
+                io.Mask.Input("face_masks", tooltip="From Face Boxes, at the generation size: which frames have a face "
+                              "(an empty mask leaves that frame alone)."),
                 io.Boolean.Input("enabled", default=True, tooltip="Off: the plain sampler, no refinement."),
                 io.Combo.Input("sampler", options=list(SAMPLERS), default="euler",
                                tooltip="euler: the official sampler. heun_churn: the supplement's Algorithm 1 "
@@ -119,27 +147,45 @@ class FaceRefineSampler(io.ComfyNode):
                 io.Float.Input("lr", default=0.1, min=0.0, max=10.0, step=0.01,
                                tooltip="Adam learning rate at step 0; it falls linearly: lr·(1 − step/steps) (official 0.1)."),
                 io.Int.Input("margin", default=32, min=0, max=512, step=8,
-                             tooltip="Pixels decoded around each face box for the decoder's context. Larger is closer "
+                             tooltip="Pixels decoded around each face for the decoder's context. Larger is closer "
                              "to full-frame decoding and costs more."),
                 io.Boolean.Input("crop_decode", default=True,
-                                 tooltip="Decode only the face regions (fits 24 GB). Off decodes whole frames like the "
-                                 "official code (very memory hungry)."),
-                io.Int.Input("chunk", default=4, min=1, max=64, tooltip="Frames decoded with gradients at a time."),
+                                 tooltip="Decode only the region around the faces: much less memory than whole frames "
+                                 "(how much has not been measured on a GPU yet). Off decodes whole frames like the "
+                                 "official code, which needs a lot of memory."),
+                io.Int.Input("chunk", default=4, min=1, max=64,
+                             tooltip="Frames decoded together with gradients. The decoder smooths over the frames it "
+                             "decodes together, so keep this equal to Animation Decode's chunk_size (both 4, the "
+                             "official value) to refine faces as they will be decoded."),
                 io.Float.Input("s_churn", default=0.0, min=0.0, max=100.0, step=0.1, tooltip="heun_churn: amount of churn noise."),
                 io.Float.Input("s_tmin", default=0.0, min=0.0, max=1000.0, step=0.01, tooltip="heun_churn: churn only at sigma >= this."),
                 io.Float.Input("s_tmax", default=1000.0, min=0.0, max=1000.0, step=0.01, tooltip="heun_churn: churn only at sigma <= this."),
                 io.Float.Input("s_noise", default=1.0, min=0.0, max=2.0, step=0.001, tooltip="heun_churn: churn noise scale."),
+                types.FaceLandmarks.Input("face_landmarks", optional=True,
+                                        tooltip="From Face Boxes: eyes, nose and mouth corners of every frame's face, so "
+                                        "each face is cut out the way the reference's is. Without it faces are cut "
+                                        "from plain boxes, framed differently on the two sides."),
+                io.Combo.Input("framing", options=list(FRAMINGS), default="arcface", optional=True,
+                               tooltip="How faces are cut out for the identity comparison, the same way on the reference "
+                               "and on every frame. arcface: turned and scaled so eyes, nose and mouth land where "
+                               "ArcFace expects them (how it was trained). official: an upright box resized to "
+                               "112x112, as the official code does."),
+                io.Combo.Input("decode_precision", options=list(DECODE_PRECISIONS), default="fp32", optional=True,
+                               tooltip="Number format of the refinement's decoder. fp32: as the official code, the most "
+                               "precise gradients. bf16/fp16: about half the decoder memory, less precise."),
             ],
             outputs=[io.Sampler.Output(display_name="sampler", tooltip="For Animation Sampler or SamplerCustomAdvanced.")],
         )
 
     @classmethod
     def execute(cls, vae, arcface, reference, face, face_masks, enabled, sampler, start_step, end_step, iterations,
-                lr, margin, crop_decode, chunk, s_churn, s_tmin, s_tmax, s_noise) -> io.NodeOutput:
+                lr, margin, crop_decode, chunk, s_churn, s_tmin, s_tmax, s_noise, face_landmarks=None,
+                framing="arcface", decode_precision="fp32") -> io.NodeOutput:
         if enabled and not face.found:
             raise ValueError("Face refinement needs the reference face, but Face Embed found none. "
                              "Turn refinement off or use a reference with a visible face.")
-        opts = dict(vae=vae, arcface=arcface, reference=reference[0], face=face, face_masks=face_masks, enabled=enabled,
+        opts = dict(vae=vae, arcface=arcface, reference=reference[0], face=face, face_masks=face_masks,
+                    face_landmarks=face_landmarks, enabled=enabled, framing=framing, precision=decode_precision,
                     schedule=RefineSchedule(start_step, end_step, iterations, lr), margin=margin, chunk=chunk, crop=crop_decode)
         extra = {"s_churn": s_churn, "s_tmin": s_tmin, "s_tmax": s_tmax, "s_noise": s_noise} if sampler == "heun_churn" else {}
         return io.NodeOutput(comfy.samplers.KSAMPLER(RefineSamplerFunction(sampler, opts), extra_options=extra))

@@ -56,6 +56,38 @@ def expected_unet_layout(model_config) -> dict[str, torch.Tensor]:
     return UNetModel(**model_config.unet_config, device="meta", operations=_PlainMetaOps).state_dict()
 
 
+# GroupNorm epsilon of the res blocks that diffusers' SVD classes (which StableAnimator trained and runs)
+# build with 1e-6: CrossAttnDownBlockSpatioTemporal and both up-block types pass it to every
+# SpatioTemporalResBlock, spatial and temporal half alike; DownBlockSpatioTemporal, the mid block and
+# conv_norm_out keep 1e-5. ComfyUI's SVD UNet uses 1e-5 for all of them.
+OFFICIAL_RESBLOCK_EPS = 1e-6
+
+
+def set_official_groupnorm_eps(unet) -> int:
+    """Give ComfyUI's SVD UNet the official GroupNorm epsilons; returns how many norms were changed.
+
+    The rule is read off the built model, so it holds for any size: an ``input_blocks`` entry with a
+    SpatialVideoTransformer is a res block of a cross-attention down level (diffusers' choice of block
+    class is per level), and every ``output_blocks`` res block belongs to an up block. The transformers'
+    own norms are 1e-6 in both already and are not touched.
+    """
+    from comfy.ldm.modules.attention import SpatialVideoTransformer
+    from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
+
+    entries = [e for e in unet.input_blocks if any(isinstance(m, SpatialVideoTransformer) for m in e)]
+    entries += list(unet.output_blocks)
+    changed = 0
+    for entry in entries:
+        for layer in entry:
+            if not isinstance(layer, ResBlock):   # VideoResBlock is one; so is its time_stack
+                continue
+            for norm in layer.modules():
+                if isinstance(norm, torch.nn.GroupNorm):
+                    norm.eps = OFFICIAL_RESBLOCK_EPS
+                    changed += 1
+    return changed
+
+
 def _patcher_class():
     # current ComfyUI wraps core models in CoreModelPatcher (dynamic VRAM where it is on); 0.3.75 has none
     return getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
@@ -71,8 +103,13 @@ def _load_unet_weights(model, sd: dict, patcher) -> None:
         model.diffusion_model.load_state_dict(sd, strict=True)
 
 
-def build_svd_model(unet_sd: dict, weight_dtype: str, source: str) -> comfy.model_patcher.ModelPatcher:
-    """Return a model patcher around ComfyUI's ``model_base.SVD_img2vid`` holding ``unet_sd``."""
+def build_svd_model(unet_sd: dict, weight_dtype: str, source: str, *,
+                    official_eps: bool = True) -> comfy.model_patcher.ModelPatcher:
+    """Return a model patcher around ComfyUI's ``model_base.SVD_img2vid`` holding ``unet_sd``.
+
+    ``official_eps`` gives the res blocks diffusers' GroupNorm epsilons (see ``OFFICIAL_RESBLOCK_EPS``);
+    off, they keep ComfyUI's 1e-5 (the value of Stability's own SVD code, which ComfyUI's UNet follows).
+    """
     model_config = comfy.supported_models.SVD_img2vid(_svd_unet_config(unet_sd, source))
     load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
     supported = list(model_config.supported_inference_dtypes)
@@ -92,6 +129,9 @@ def build_svd_model(unet_sd: dict, weight_dtype: str, source: str) -> comfy.mode
     patcher = _patcher_class()(model, load_device=load_device, offload_device=offload_device)
     _load_unet_weights(model, sd, patcher)
     require_tensors(model.diffusion_model.state_dict(), expected, f"{what} after loading", source)
-    logger.info("Animation UNet from %s: %d tensors, %s weights, %s compute", source, len(unet_sd),
-                unet_dtype, model_config.manual_cast_dtype or unet_dtype)
+    # the epsilon is a plain attribute, not a tensor: the layout checks above cannot see it
+    eps = (f"official GroupNorm eps ({set_official_groupnorm_eps(model.diffusion_model)} res-block norms at "
+           f"{OFFICIAL_RESBLOCK_EPS:g})") if official_eps else "ComfyUI's GroupNorm eps (1e-5)"
+    logger.info("Animation UNet from %s: %d tensors, %s weights, %s compute, %s", source, len(unet_sd),
+                unet_dtype, model_config.manual_cast_dtype or unet_dtype, eps)
     return patcher

@@ -10,6 +10,7 @@ DWPose = io.Custom("IDA_DWPOSE")
 PoseKeypoint = io.Custom("POSE_KEYPOINT")
 FaceAnalysis = io.Custom("IDA_FACE_ANALYSIS")
 Face = io.Custom("IDA_FACE")
+FaceLandmarks = io.Custom("IDA_FACE_LANDMARKS")   # per-frame five face points (models.face.FaceLandmarks)
 FaceConditioning = io.Custom("IDA_FACE_CONDITIONING")
 
 CATEGORY = "Identity Animator"

@@ -17,7 +17,7 @@ from identity_animator.models.id_adapter import IDAdapterWeights
 from identity_animator.models.pose_net import PoseNet
 from identity_animator.models.unet_convert import convert_stableanimator_unet
 from identity_animator.nodes.animation import AnimationConditioning, ApplyStableAnimator
-from identity_animator.nodes.patches import IDAttentionPatch, PoseResidualPatch
+from identity_animator.nodes.patches import TEMPORAL_BLOCK, IDAttentionPatch, PoseResidualPatch, TemporalBlockMark
 from identity_animator.nodes.sampling import (AnimationNoise, AnimationSampler, AnimationSigmas, AnimationWindows)
 from identity_animator.nodes.svd_model import build_svd_model
 
@@ -49,6 +49,31 @@ def test_patches_are_on_a_clone_and_survive_clone_without_copies(patched):
     c_replace = c.model_options["transformer_options"]["patches_replace"]["attn2"]
     assert all(c_replace[k] is replace[k] for k in replace)          # same objects, weights not copied
     assert c.model_options["transformer_options"]["patches"]["input_block_patch"][0] is pose[0]
+
+
+def test_temporal_blocks_are_marked_and_their_attention_gets_no_face(patched):
+    from comfy.ldm.modules.attention import optimized_attention
+
+    base, m, _ = patched
+    marks = {k: v for k, v in m.object_patches.items() if isinstance(v, TemporalBlockMark)}
+    assert len(marks) == 16 and all(k.endswith(".time_stack.0.forward") for k in marks)
+    assert "diffusion_model.middle_block.1.time_stack.0.forward" in marks
+    assert not any(isinstance(v, TemporalBlockMark) for v in base.object_patches.values())
+    assert copy.deepcopy(next(iter(marks.values()))).block is next(iter(marks.values())).block   # never a copied block
+
+    patch = m.model_options["transformer_options"]["patches_replace"]["attn2"][("input", 4)]
+    c, heads = patch.to_k.shape[0], 2
+    g = torch.Generator().manual_seed(1)
+    # 16 frames at a 4x4 block: a temporal call's queries [1*16 positions, 16 frames, C] have the
+    # shape of a spatial call's [16 frames, 16 positions, C]
+    q, k, v = torch.randn(16, 16, c, generator=g), torch.randn(16, 1, c, generator=g), torch.randn(16, 1, c, generator=g)
+    extra = {"activations_shape": [16, c, 4, 4], "n_heads": heads, "cond_or_uncond": [0], "sigmas": torch.tensor([1.0])}
+    plain = optimized_attention(q, k, v, heads)
+    assert torch.equal(patch(q, k, v, {**extra, TEMPORAL_BLOCK: True}), plain)
+    assert (patch(q, k, v, extra) - plain).abs().max() > 1e-2                   # unmarked: spatial, with the face
+    # an unmarked call whose queries cannot be spatial means the marks are missing: an error, not a guess
+    with pytest.raises(RuntimeError, match="temporal-block marks"):
+        patch(torch.randn(64, 16, c), k[:1].expand(64, 1, c), v[:1].expand(64, 1, c), {**extra, "activations_shape": [16, c, 8, 8]})
 
 
 def test_conditioning_follows_the_official_recipe(patched, svd_vae):
@@ -139,3 +164,15 @@ def test_pose_features_follow_an_anchored_window():
     assert out[:16, 0, 0, 0].tolist() == list(range(4, 20))
     with pytest.raises(RuntimeError, match="cover 16 frames but the model runs 17"):
         patch(torch.zeros(34, 2, 3, 3), opts)
+
+
+@pytest.mark.parametrize("node", [AnimationSampler, AnimationNoise])
+def test_seed_help_says_the_official_seed_does_not_reproduce_official_noise(node):
+    from pathlib import Path
+
+    schema = node.define_schema()
+    (seed,) = [i for i in schema.inputs if i.id == "seed"]
+    assert seed.default == 23123134
+    assert "CUDA generator" in seed.tooltip and "does not reproduce" in seed.tooltip
+    page = (Path(__file__).resolve().parents[1] / "web" / "docs" / f"{schema.node_id}.md").read_text()
+    assert "CUDA generator" in page and "23123134" in page

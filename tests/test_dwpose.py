@@ -53,10 +53,12 @@ def test_keypoints_map_back_through_the_crop(planted):
     np.testing.assert_allclose(out.score[0, 0], 0.8, atol=1e-3)
 
 
-def test_no_person_gives_no_people(tmp_path):
+def test_no_person_detected_falls_back_to_the_whole_image(tmp_path):
+    """Official DWPose: with no detector box, the pose model runs on the whole image as the box."""
+    import cv2
     import torch
 
-    from ida_onnx_models import TinyRTMPose, TinyYolox
+    from ida_onnx_models import TinyYolox
 
     class Empty(TinyYolox):
         def forward(self, x):
@@ -66,8 +68,25 @@ def test_no_person_gives_no_people(tmp_path):
     det = tmp_path / "empty.onnx"
     torch.onnx.export(Empty(True).eval(), torch.zeros(1, 3, 640, 640), str(det), dynamo=False)
     _, pose = export(tmp_path / "p", planted=True)
-    out = dwpose.DWPose(str(det), str(pose))(image())
-    assert out.xy.shape == (0, 134, 2) and len(out.boxes) == 0
+    net = dwpose.DWPose(str(det), str(pose))
+    img = image(480, 640)
+    assert len(net.detect(img)) == 0
+    out = net(img)
+    assert out.whole_image and out.xy.shape == (1, 134, 2)
+    np.testing.assert_allclose(out.boxes, [[0, 0, 640, 480]])
+    # the planted peaks, mapped back through the crop of the whole-image box: centre (320, 240),
+    # size 1.25 x (640, 480) widened to the model's 3:4 aspect
+    center, scale = np.array([320.0, 240.0]), np.array([800.0, 800.0 * 384 / 288])
+    inv = cv2.invertAffineTransform(dwpose.warp_matrix(center, scale, net.pose_wh))
+    crop_pts = np.array([(bx / 2, by / 2) for bx, by in planted_peaks()])
+    expected = crop_pts @ inv[:, :2].T + inv[:, 2]
+    np.testing.assert_allclose(out.xy[0, 24:] * [640, 480], expected[23:], atol=0.05)   # face and hands
+    np.testing.assert_allclose(out.score[0, 24:], 0.8, atol=1e-3)
+
+
+def test_a_detected_person_is_not_marked_as_a_fallback(planted):
+    out = dwpose.DWPose(str(planted[0]), str(planted[1]))(image(960, 1280))
+    assert not out.whole_image and len(out.boxes) == 2
 
 
 @pytest.mark.parametrize("seed,size", [(0, (480, 640)), (1, (1280, 720)), (2, (640, 640))])

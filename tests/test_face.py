@@ -122,3 +122,20 @@ def test_face_boxes_from_face_points_then_head_joints():
     m = fm.box_mask((0.25, 0.25, 0.5, 0.5), 64, 32, margin=0.0)
     assert m.shape == (32, 64) and m.sum() == 16 * 8 and m[8, 16] == 1 and m[7, 16] == 0
     assert fm.box_mask(None, 10, 10, 0.1).sum() == 0
+
+
+def test_five_points_from_the_68_face_points():
+    """insightface's five landmarks: eye centres (mean of points 36-41 and 42-47), nose tip (30), mouth
+    corners (48, 54); none when any of them is not seen."""
+    g = np.random.default_rng(0)
+    face = g.uniform(0.2, 0.8, (68, 2))
+    pts = fm.five_points(face, np.ones(68))
+    np.testing.assert_allclose(pts, [face[36:42].mean(0), face[42:48].mean(0), face[30], face[48], face[54]])
+    for hidden in (38, 45, 30, 48, 54):
+        sc = np.ones(68)
+        sc[hidden] = 0.1
+        assert fm.five_points(face, sc) is None, hidden
+    sc = np.ones(68)
+    sc[[0, 16, 60]] = 0.0                     # points not used for the five landmarks do not matter
+    assert fm.five_points(face, sc) is not None
+    assert fm.five_points(None, None) is None

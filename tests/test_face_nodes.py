@@ -61,9 +61,16 @@ def test_face_boxes_node():
     face = np.stack([np.linspace(0.4, 0.6, 68), np.linspace(0.1, 0.3, 68)], -1)
     frames = [PoseFrame(100, 200, [Person(body=body, body_score=sc, face=face, face_score=np.ones(68))]),
               PoseFrame(100, 200, [])]
-    (masks,) = nodes_face.FaceBoxes.execute(to_pose_keypoint(frames), 64, 128, 0.0, 0).result
-    assert masks.shape == (2, 128, 64)
-    assert masks[0, 25, 32] == 1 and masks[0, 5, 32] == 0 and masks[1].sum() == 0
+    turned = np.ones(68)
+    turned[36:42] = 0.05                       # one eye not seen: a face turned away
+    frames.append(PoseFrame(100, 200, [Person(body=body, body_score=sc, face=face, face_score=turned)]))
+    masks, marks = nodes_face.FaceBoxes.execute(to_pose_keypoint(frames), 64, 128, 0.0, 0).result
+    assert masks.shape == (3, 128, 64)
+    assert masks[0, 25, 32] == 1 and masks[0, 5, 32] == 0 and masks[1].sum() == 0 and masks[2].sum() > 0
+    # the five points of each frame in pixels of the generation size; none without a face or when turned away
+    assert (marks.width, marks.height) == (64, 128) and len(marks) == 3 and marks.points[1] is None and marks.points[2] is None
+    px = face * [64, 128]
+    np.testing.assert_allclose(marks.points[0], [px[36:42].mean(0), px[42:48].mean(0), px[30], px[48], px[54]], atol=1e-3)
 
 
 def test_arcface_loaded_under_inference_mode_can_backpropagate(comfy_folders):

@@ -90,3 +90,35 @@ def test_official_fit_errors_say_what_to_do():
         fit_official(BODY_PX / 512, hidden, BODY_PX[None] / 512, np.ones((1, 18)), REF_SIZE, DRV_SIZE)
     with pytest.raises(AlignmentError, match="at least two weighted joint pairs"):
         fit_similarity(BODY_PX / 512, np.zeros(18), BODY_PX[None] / 512, np.ones((1, 18)), REF_SIZE, DRV_SIZE)
+
+
+def test_official_fit_uses_driving_joints_whatever_their_score():
+    """The original fits every reference-visible joint of every single-person frame; the driving
+    scores play no part (only joints with no coordinates at all, 0/0/0, are left out)."""
+    true = similarity(0.6, 0.0, (50, 20))
+    drv = driving_from_reference(true, frames=4, jitter=4.0, seed=5)    # noisy: which joints count matters
+    conf = np.ones(drv.shape[:2])
+    conf[:, [9, 10, 12]] = 0.1                                          # unsure knees and an ankle
+    conf[1, :] = 0.05                                                   # a frame DWPose is unsure of everywhere
+    ref = BODY_PX / np.array(REF_SIZE)
+    fit = fit_official(ref, np.ones(18), drv, conf, REF_SIZE, DRV_SIZE)
+    # least squares written out over all 14 fit joints of all 4 frames, in normalised coordinates
+    ids = [0, 1, 2, 5, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]
+    y_d, y_r = drv[:, ids, 1].ravel(), np.tile(ref[ids, 1], 4)
+    a_y, b_y = np.linalg.lstsq(np.stack([y_d, np.ones_like(y_d)], 1), y_r, rcond=None)[0]
+    a_x = a_y * (REF_SIZE[1] / REF_SIZE[0]) / (DRV_SIZE[1] / DRV_SIZE[0])
+    b_x = np.mean(np.tile(ref[ids, 0], 4) - a_x * drv[:, ids, 0].ravel())
+    np.testing.assert_allclose(np.diag(fit.matrix), [a_x * REF_SIZE[0] / DRV_SIZE[0], a_y * REF_SIZE[1] / DRV_SIZE[1]],
+                               rtol=1e-9)
+    np.testing.assert_allclose(fit.translation, [b_x * REF_SIZE[0], b_y * REF_SIZE[1]], rtol=1e-9)
+    same = fit_official(ref, np.ones(18), drv, np.ones_like(conf), REF_SIZE, DRV_SIZE)
+    np.testing.assert_allclose(same.matrix, fit.matrix, rtol=1e-12)
+
+
+def test_official_fit_leaves_out_joints_without_coordinates():
+    true = similarity(0.6, 0.0, (50, 20))
+    drv = driving_from_reference(true, frames=3)
+    conf = np.ones(drv.shape[:2])
+    drv[0, 9], conf[0, 9] = 0.0, 0.0                 # controlnet_aux's "missing": no place at all
+    fit = fit_official(BODY_PX / np.array(REF_SIZE), np.ones(18), drv, conf, REF_SIZE, DRV_SIZE)
+    np.testing.assert_allclose(np.diag(fit.matrix), [0.6, 0.6], atol=1e-9)

@@ -121,3 +121,58 @@ def test_wholebody_frames_put_the_largest_person_first():
     fr = frame_from_wholebody(xy, sc, 640, 480)
     np.testing.assert_allclose(fr.people[0].body, xy[1, :18])
     assert fr.people[0].face.shape == (68, 2) and fr.people[0].hand_right.shape == (21, 2)
+
+
+def unsure_person(seed=0):
+    """What DWPose's whole-image fallback gives where nobody is: points somewhere, no sure joint."""
+    rng = np.random.default_rng(seed)
+    return Person(body=rng.uniform(0, 1, (18, 2)), body_score=np.full(18, 0.05),
+                  hand_left=rng.uniform(0, 1, (21, 2)), hand_left_score=np.full(21, 0.05))
+
+
+def test_reference_with_no_sure_joint_is_the_no_person_error():
+    ref = PoseFrame(*REF_SIZE, [unsure_person()])
+    with pytest.raises(AlignmentError, match="No person was found in the reference"):
+        align_video(ref, driving(similarity(1, 0, (0, 0))), "official")
+    with pytest.raises(AlignmentError, match="No person was found in the reference"):
+        align_video(ref, driving(similarity(1, 0, (0, 0))), "similarity")
+
+
+def test_driving_video_with_no_sure_person_is_an_error():
+    frames = [PoseFrame(*DRV_SIZE, [unsure_person(i)]) for i in range(4)]
+    for mode in ("official", "similarity"):
+        with pytest.raises(AlignmentError, match="No driving frame shows person 0"):
+            align_video(reference(), frames, mode)
+
+
+def test_similarity_fits_on_frames_that_show_the_dancer():
+    true = similarity(0.6, 0.0, (40, 30))
+    frames = driving(true, frames=4)
+    frames[0].people, frames[1].people = [unsure_person(0)], [unsure_person(1)]   # nobody detected there
+    out, report = align_video(reference(), frames, "similarity", fit_frames=2)
+    assert report.fit_frames == [2, 3] and any("not fitted on" in n for n in report.notes)
+    np.testing.assert_allclose(out[2].people[0].body * np.array(REF_SIZE), BODY_PX, atol=1e-6)
+
+
+def test_official_fits_on_every_single_person_frame_as_the_original():
+    true = similarity(0.6, 0.0, (40, 30))
+    frames = driving(true, frames=3)
+    frames.append(PoseFrame(*DRV_SIZE, [unsure_person(3)]))
+    _, report = align_video(reference(), frames, "official")
+    assert report.fit_frames == [0, 1, 2, 3]
+    assert any("the original fits on them too" in n for n in report.notes)
+
+
+def test_official_alignment_survives_pose_keypoint_with_low_score_joints():
+    """Pose Extract -> JSON -> Pose Align: the low-score joints the official fit uses must arrive."""
+    from identity_animator.models.keypoints import from_pose_keypoint, to_pose_keypoint
+
+    true = similarity(0.6, 0.0, (40, 30))
+    frames = driving(true, frames=4)
+    rng = np.random.default_rng(0)
+    for fr in frames:
+        fr.people[0].body = fr.people[0].body + rng.normal(0, 0.01, (18, 2))
+        fr.people[0].body_score[[9, 12, 14]] = 0.2
+    direct, _ = align_video(reference(), frames, "official")
+    trip, _ = align_video(reference(), from_pose_keypoint(to_pose_keypoint(frames)), "official")
+    np.testing.assert_allclose(trip[0].people[0].body, direct[0].people[0].body, atol=1e-9)

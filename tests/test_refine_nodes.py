@@ -1,13 +1,19 @@
 """The refinement sampler on ComfyUI objects: the gradient decoder equals ComfyUI's decoder, works under
-inference mode, and refinement through the real-size (random) SVD decoder lowers the identity loss."""
+inference mode, runs in fp32 unless told otherwise, frames faces by Face Boxes' landmarks, and
+refinement through the real-size (random) SVD decoder lowers the identity loss."""
 from __future__ import annotations
 
+import logging
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
 import torch
 
 import comfy.latent_formats
+from identity_animator.models.face import FaceLandmarks, FaceResult
 from identity_animator.models.face_refine import FaceRefiner, RefineSchedule, face_crops, identity_loss
-from identity_animator.nodes.refine import GradDecoder, checkpointed_decode
+from identity_animator.nodes.refine import FaceRefineSampler, GradDecoder, checkpointed_decode
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +63,60 @@ def test_refinement_through_the_svd_decoder_lowers_the_loss(vae, arcface):
                                                               [(0, 0)] * 2)), ref))
     with torch.no_grad():
         assert loss(x) < loss(x0)
+
+
+# --- the node's refiner: precision and framing ----------------------------------------------------
+
+FIVE = np.array([[20.0, 22.0], [34.0, 21.5], [27.0, 30.0], [21.5, 38.0], [33.0, 37.5]])   # in a 64x64 frame
+
+
+def sampler_opts(vae, arcface, landmarks=True, size=(64, 64), **extra):
+    g = torch.Generator().manual_seed(0)
+    reference = torch.rand(1, 80, 72, 3, generator=g)
+    face = FaceResult(np.ones(512, np.float32), np.array([12.0, 15.0, 44.0, 50.0]), FIVE + [2.0, 4.0], 0.9,
+                      np.zeros((112, 112, 3), np.uint8), 72, 80)
+    masks = torch.zeros(3, 64, 64)
+    masks[[0, 2], 10:45, 12:42] = 1
+    marks = FaceLandmarks((FIVE, FIVE, FIVE + 1.5), *size) if landmarks else None
+    (ks,) = FaceRefineSampler.execute(vae, arcface, reference, face, masks, True, "euler", 0, 20, 3, 0.1, 32, True, 4,
+                                      0.0, 0.0, 1000.0, 1.0, **({"face_landmarks": marks} if landmarks else {}),
+                                      **extra).result
+    return ks.sampler_function
+
+
+FAKE_MODEL = SimpleNamespace(inner_model=SimpleNamespace(inner_model=SimpleNamespace(process_latent_out=lambda z: z)))
+
+
+def test_refinement_decoder_is_fp32_by_default_whatever_the_vae_dtype(vae, arcface, monkeypatch):
+    inputs = {i.id: i for i in FaceRefineSampler.define_schema().inputs}
+    assert inputs["decode_precision"].default == "fp32" and inputs["decode_precision"].options == ["fp32", "bf16", "fp16"]
+    monkeypatch.setattr(vae, "vae_dtype", torch.bfloat16)          # e.g. a VAE ComfyUI keeps in bf16
+    x = torch.zeros(3, 4, 8, 8)
+    with torch.inference_mode():
+        refiner = sampler_opts(vae, arcface).build(FAKE_MODEL, x)
+    assert refiner.decode.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in refiner.decode.decoder.parameters())
+    with torch.inference_mode():
+        half = sampler_opts(vae, arcface, decode_precision="bf16").build(FAKE_MODEL, x)
+    assert all(p.dtype == torch.bfloat16 for p in half.decode.decoder.parameters())
+    with torch.inference_mode(False), torch.enable_grad():          # and it still backpropagates
+        z = (torch.randn(1, 4, 2, 2) * 0.2).requires_grad_(True)
+        half.decode(z).square().mean().backward()
+    assert z.grad is not None and z.grad.dtype == torch.float32 and z.grad.abs().sum() > 0
+
+
+def test_node_frames_faces_by_the_landmarks_and_falls_back_to_boxes(vae, arcface, caplog):
+    x = torch.zeros(3, 4, 8, 8)
+    with torch.inference_mode():
+        aligned = sampler_opts(vae, arcface).build(FAKE_MODEL, x)
+    t0, t1, t2 = aligned.targets
+    assert t0.matrix is not None and t1 is None and t2.matrix is not None   # frame 1 has no mask: not refined
+    with torch.inference_mode():
+        official = sampler_opts(vae, arcface, framing="official").build(FAKE_MODEL, x)
+    assert official.targets[0].matrix is None and official.targets[0].box != (12, 10, 42, 45)   # carried, not the mask
+    with caplog.at_level(logging.WARNING, logger="identity_animator.nodes.refine"), torch.inference_mode():
+        boxes = sampler_opts(vae, arcface, landmarks=False).build(FAKE_MODEL, x)
+    assert "face_landmarks is not connected" in caplog.text
+    assert boxes.targets[0].matrix is None and boxes.targets[0].box == (12, 10, 42, 45)
+    with pytest.raises(ValueError, match="Face landmarks are 3 frames of 72x64 but the video is 3 frames of 64x64"):
+        sampler_opts(vae, arcface, size=(72, 64)).build(FAKE_MODEL, x)

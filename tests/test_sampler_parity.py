@@ -27,6 +27,14 @@ from identity_animator.nodes.svd_model import build_svd_model
 FRAMES, H, W, STEPS, SEED = 20, 64, 48, 3, 11
 MIN_CFG, MAX_CFG, FPS, MOTION, AUG = 2.0, 3.5, 7, 127, 0.02
 TOL = 1e-3
+# 64x64 px with one 16-frame window: the 4x4 latent level has h*w = 16 tokens, as many as the frames,
+# so its spatial and temporal cross-attentions get queries of the same shape
+COLLIDING = dict(frames=16, h=64, w=64)
+# SVD-xt's scheduler_config.json as the official pipeline loads it (stableanimator.md §3.2 item 8); the
+# betas are diffusers' defaults here: with sigma_min/sigma_max given they do not enter the Karras sigmas
+SVD_XT_SCHEDULER = dict(prediction_type="v_prediction", use_karras_sigmas=True, sigma_min=0.002, sigma_max=700.0,
+                        timestep_type="continuous", timestep_spacing="leading", interpolation_type="linear",
+                        num_train_timesteps=1000, steps_offset=1)
 
 
 class OfficialIDAttention:
@@ -73,6 +81,7 @@ def official_windows(F_, tile=16, overlap=4):
 
 
 def reference_trajectory(weights, pose_sd, pose_images, clip, face, ref_latent, noise, sigmas):
+    frames = noise.shape[0]
     from diffusers import UNetSpatioTemporalConditionModel
     from diffusers.models.attention_processor import AttnProcessor2_0
     from ida_factory import TINY_UNET
@@ -103,8 +112,8 @@ def reference_trajectory(weights, pose_sd, pose_images, clip, face, ref_latent, 
     added = torch.tensor([[FPS - 1, MOTION, AUG]], dtype=torch.float32)
     ctx_c = torch.cat([clip, face], 1)
     ctx_u = torch.zeros_like(ctx_c)
-    g = torch.linspace(MIN_CFG, MAX_CFG, FRAMES).view(FRAMES, 1, 1, 1)
-    wins = official_windows(FRAMES)
+    g = torch.linspace(MIN_CFG, MAX_CFG, frames).view(frames, 1, 1, 1)
+    wins = official_windows(frames)
     weights_tri = [min((k + 0.5) * 2 / 16, 2 - (k + 0.5) * 2 / 16) for k in range(16)]
     latents = noise * math.sqrt(sigmas[0] ** 2 + 1)
     with torch.no_grad():
@@ -112,7 +121,7 @@ def reference_trajectory(weights, pose_sd, pose_images, clip, face, ref_latent, 
             s, s_next = float(sigmas[i]), float(sigmas[i + 1])
             c_in, t = 1 / math.sqrt(s * s + 1), torch.tensor(0.25 * math.log(s))
             pred = torch.zeros_like(latents)
-            cnt = torch.zeros(FRAMES, 1, 1, 1)
+            cnt = torch.zeros(frames, 1, 1, 1)
             for idx in wins:
                 x = latents[idx] * c_in
                 pose_add.pop("x", None)
@@ -128,7 +137,7 @@ def reference_trajectory(weights, pose_sd, pose_images, clip, face, ref_latent, 
     return latents
 
 
-def _our_trajectory(tiny_set, id_strength=1.0, pose_strength=1.0):
+def _our_trajectory(tiny_set, id_strength=1.0, pose_strength=1.0, frames=FRAMES, h=H, w=W):
     import comfy.model_management as mm
     import comfy.model_patcher
 
@@ -137,9 +146,9 @@ def _our_trajectory(tiny_set, id_strength=1.0, pose_strength=1.0):
     g = torch.Generator().manual_seed(3)
     clip = torch.randn(1, 1, 1024, generator=g)
     face = torch.randn(1, 4, 1024, generator=g)
-    ref_latent = torch.randn(1, 4, H // 8, W // 8, generator=g)
-    pose_images = torch.rand(FRAMES, H, W, 3, generator=g)
-    latent = {"samples": torch.zeros(FRAMES, 4, H // 8, W // 8)}
+    ref_latent = torch.randn(1, 4, h // 8, w // 8, generator=g)
+    pose_images = torch.rand(frames, h, w, 3, generator=g)
+    latent = {"samples": torch.zeros(frames, 4, h // 8, w // 8)}
     noise = PeriodicNoise(SEED, 16).generate_noise(latent)
     sigmas = official_sigmas(STEPS)
 
@@ -173,10 +182,30 @@ def test_trajectory_matches_the_official_pipeline_on_diffusers(tiny_set, referen
     assert ref.abs().mean() > 1e-2
 
 
+def test_trajectory_matches_where_frames_equal_the_tokens_of_a_level(tiny_set):
+    """The temporal cross-attention keeps the face off even where its queries look like spatial ones."""
+    ours, args = _our_trajectory(tiny_set, **COLLIDING)
+    ref = reference_trajectory(*args)
+    assert ours.shape == ref.shape == (16, 4, 8, 8)
+    diff = (ours - ref).abs().max().item()
+    assert diff <= TOL, f"max abs diff {diff}"
+
+
 @pytest.mark.parametrize("id_strength,pose_strength", [(0.0, 1.0), (1.0, 0.0)])
 def test_the_comparison_sees_the_id_adapter_and_posenet(tiny_set, reference, id_strength, pose_strength):
     ours, _ = _our_trajectory(tiny_set, id_strength, pose_strength)
     assert (ours - reference).abs().max().item() > 10 * TOL
+
+
+def test_official_sigmas_equal_the_official_scheduler_bit_for_bit():
+    from diffusers import EulerDiscreteScheduler
+
+    scheduler = EulerDiscreteScheduler(**SVD_XT_SCHEDULER)
+    for steps in range(1, 201):   # every step count the nodes accept
+        scheduler.set_timesteps(steps)
+        got = official_sigmas(steps)
+        assert got.dtype == scheduler.sigmas.dtype == torch.float32
+        assert torch.equal(got, scheduler.sigmas), (steps, (got - scheduler.sigmas).abs().max().item())
 
 
 def test_official_sigmas_for_25_steps():

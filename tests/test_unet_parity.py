@@ -1,15 +1,16 @@
 """ComfyUI's native SVD UNet, loaded through our conversion, equals diffusers'
-``UNetSpatioTemporalConditionModel`` on the same random weights (fp32, max abs diff <= 1e-4)."""
+``UNetSpatioTemporalConditionModel`` on the same random weights (fp32, max abs diff <= 1e-5), down to
+the GroupNorm epsilon of every norm."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from identity_animator.models.checkpoint import CheckpointError, load_state_dict
-from identity_animator.models.unet_convert import convert_stableanimator_unet
-from identity_animator.nodes.svd_model import build_svd_model
+from identity_animator.models.unet_convert import UNetLayout, convert_stableanimator_unet, diffusers_to_comfy_key
+from identity_animator.nodes.svd_model import build_svd_model, set_official_groupnorm_eps
 
-TOL = 1e-4
+TOL = 1e-5
 FRAMES, LATENT_HW = 3, (8, 6)
 
 
@@ -64,6 +65,52 @@ def test_converted_unet_matches_diffusers(weights, diffusers_unet, inputs):
     assert out.shape == ref.shape == (FRAMES, 4, *LATENT_HW)
     assert (out - ref).abs().max().item() <= TOL
     assert ref.abs().mean() > 1e-2  # the comparison is not between two near-zero tensors
+
+
+def test_parity_sees_the_groupnorm_eps(weights, diffusers_unet, inputs):
+    """With ComfyUI's eps (1e-5 in every res block) the same comparison fails: the tolerance is tight
+    enough to tell the two apart."""
+    conv = convert_stableanimator_unet(weights)
+    out = comfy_forward(build_svd_model(conv.unet, "fp32", "comfy eps", official_eps=False), inputs)
+    assert (out - diffusers_forward(diffusers_unet, inputs)).abs().max().item() > TOL
+
+
+def _groupnorm_eps_by_comfy_name(diffusers_model) -> dict[str, float]:
+    """Every GroupNorm of a diffusers SVD UNet, named as our conversion names its weight in ComfyUI."""
+    layout = UNetLayout.from_keys(list(diffusers_model.state_dict()))
+    out = {}
+    for name, module in diffusers_model.named_modules():
+        if isinstance(module, torch.nn.GroupNorm):
+            key = diffusers_to_comfy_key(name + ".weight", layout)
+            assert key is not None, name
+            out[key[: -len(".weight")]] = module.eps
+    return out
+
+
+def _groupnorm_eps(comfy_unet) -> dict[str, float]:
+    return {n: m.eps for n, m in comfy_unet.named_modules() if isinstance(m, torch.nn.GroupNorm)}
+
+
+def test_every_groupnorm_eps_is_the_official_one(weights, diffusers_unet):
+    model = build_svd_model(convert_stableanimator_unet(weights).unet, "fp32", "tiny").model.diffusion_model
+    assert _groupnorm_eps(model) == _groupnorm_eps_by_comfy_name(diffusers_unet)
+
+
+def test_every_groupnorm_eps_is_the_official_one_at_real_size(official_keys):
+    """The real SVD-xt structure, both models built on the meta device: 72 res-block norms move to 1e-6."""
+    import comfy.model_detection
+    import comfy.supported_models
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    with torch.device("meta"):
+        official = UNetSpatioTemporalConditionModel(num_attention_heads=(5, 10, 20, 20))   # SVD-xt's config
+    sd = {k: torch.empty(s, device="meta") for k, s in official_keys["Animation/unet.pth"].items()}
+    cfg = comfy.model_detection.detect_unet_config(convert_stableanimator_unet(sd).unet, "")
+    model = comfy.supported_models.SVD_img2vid(cfg).get_model({}, "", device="meta").diffusion_model
+    assert set_official_groupnorm_eps(model) == 72
+    expected = _groupnorm_eps_by_comfy_name(official)
+    assert _groupnorm_eps(model) == expected
+    assert sum(eps == 1e-6 for eps in expected.values()) == 72 + 16   # and the 16 transformers' own norms
 
 
 @pytest.mark.parametrize("pair", [

@@ -82,8 +82,10 @@ def tiny(prompt: dict) -> dict:
         if t in ("IDA_PoseRender", "IDA_FaceBoxes"):
             tall = inp.get("height", 512) > inp.get("width", 512)
             inp.update(width=64, height=128 if tall else 64)
-        elif t == "IDA_AnimationSampler":
+        elif t in ("IDA_AnimationSampler", "BasicScheduler"):
             inp["steps"] = 2
+        elif t == "RepeatImageBatch":   # the video length of the core SVD graph
+            inp["amount"] = min(inp["amount"], 4)
         elif t == "IDA_FaceRefineSampler":
             inp.update(end_step=1, iterations=1, chunk=8)
         elif t == "LoadImage" and inp["image"] == "reference.png":
