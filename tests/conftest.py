@@ -158,3 +158,18 @@ def svd_parts(svd_xt_file):
 @pytest.fixture(scope="session")
 def svd_vae(svd_parts):
     return svd_parts[1]
+
+
+def decode_with_gradients(vae, z):
+    """Refinement's private decoder built as ComfyUI runs a node (inference mode), then a backward
+    through it: (decoder, output, latent with its gradient)."""
+    import torch
+    from identity_animator.nodes.refine import GradDecoder
+
+    with torch.inference_mode():
+        dec = GradDecoder(vae, lambda x: x, torch.device("cpu"), torch.float32)
+    with torch.inference_mode(False), torch.enable_grad():
+        zz = z.clone().requires_grad_(True)
+        out = dec(zz)
+        out.square().mean().backward()
+    return dec, out, zz

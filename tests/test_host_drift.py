@@ -17,7 +17,7 @@ import torch
 
 import comfy.model_management as mm
 from identity_animator.nodes.decode import _decode_on_cpu, decode_chunks
-from identity_animator.nodes.refine import GradDecoder
+from conftest import decode_with_gradients
 from ida_host_emulation import AllocatorHandle, emulate_dynamic_unet_loading, make_linear_lazy
 
 
@@ -36,12 +36,7 @@ def test_refinement_decoder_is_built_not_copied_and_leaves_the_vae_intact(uncopy
     vae = uncopyable_vae
     z = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(1)) * 0.5
     before = vae.decode(z)
-    with torch.inference_mode():                      # how ComfyUI runs a node
-        dec = GradDecoder(vae, lambda x: x, torch.device("cpu"), torch.float32)
-    with torch.inference_mode(False), torch.enable_grad():
-        zz = z.clone().requires_grad_(True)
-        out = dec(zz)
-        out.square().mean().backward()
+    dec, out, zz = decode_with_gradients(vae, z)
     assert zz.grad is not None and zz.grad.abs().sum() > 0
     assert torch.allclose(((out.detach() + 1) / 2).clamp(0, 1).movedim(1, -1), before.float(), atol=1e-3)
     assert not any(p is q for p in dec.decoder.parameters() for q in vae.first_stage_model.parameters())

@@ -13,6 +13,7 @@ import torch
 import comfy.latent_formats
 from identity_animator.models.face import FaceLandmarks, FaceResult
 from identity_animator.models.face_refine import FaceRefiner, RefineSchedule, face_crops, identity_loss
+from conftest import decode_with_gradients
 from identity_animator.nodes.refine import FaceRefineSampler, GradDecoder, checkpointed_decode
 
 
@@ -33,12 +34,7 @@ def test_checkpointed_decode_equals_comfyui_and_has_gradients(vae):
     z = torch.randn(3, 4, 6, 5)
     with torch.no_grad():
         ref = vae.first_stage_model.decoder(z)
-    with torch.inference_mode():                      # how ComfyUI runs a node
-        dec = GradDecoder(vae, lambda x: x, torch.device("cpu"), torch.float32)
-    with torch.inference_mode(False), torch.enable_grad():
-        zz = z.clone().requires_grad_(True)
-        out = dec(zz)
-        out.square().mean().backward()
+    dec, out, zz = decode_with_gradients(vae, z)
     assert torch.allclose(out.detach(), ref, atol=1e-4)
     assert zz.grad is not None and zz.grad.abs().sum() > 0
 
