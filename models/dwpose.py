@@ -16,9 +16,12 @@ Images are RGB uint8 ``[H, W, 3]``. onnxruntime and OpenCV are imported when a m
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import numpy as np
+
+from .model_files import onnx_load_message
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +156,90 @@ def to_openpose_order(kpts: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray,
     return new[..., :2], new[..., 2]
 
 
+# --- the two files ---------------------------------------------------------------------------------
+
+DET_FILE, POSE_FILE = "yolox_l.onnx", "dw-ll_ucoco_384.onnx"
+DET_ANCHORS = sum((DET_SIZE[0] // s) * (DET_SIZE[1] // s) for s in (8, 16, 32))   # 8400 grid cells
+WHOLEBODY_POINTS = 133
+
+
+class DWPoseModelError(ValueError):
+    """A DWPose ONNX file is damaged, or is not the model its slot of Load DWPose needs."""
+
+
+def open_session(path: str, slot: str, providers: list[str]):
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(path, providers=providers)
+    except Exception as exc:  # onnxruntime's error classes share no base below Exception
+        raise DWPoseModelError(onnx_load_message(path, exc, slot)) from exc
+
+
+def _signature(session) -> tuple[list[list], list[list]]:
+    return [list(i.shape) for i in session.get_inputs()], [list(o.shape) for o in session.get_outputs()]
+
+
+def _fits(shape: list, want: list) -> bool:
+    """``shape`` matches ``want`` where both are known (ONNX leaves dynamic axes as names or None)."""
+    return len(shape) == len(want) and all(not isinstance(s, int) or w is None or s == w for s, w in zip(shape, want))
+
+
+def _is_detector(inputs, outputs) -> bool:
+    # what detect() relies on: one 640x640 RGB input, and a first output of YOLOX grid rows
+    # (xy, wh, objectness, then class scores with the person first); yolox_l.onnx has no other output
+    return (len(inputs) == 1 and _fits(inputs[0], [None, 3, *DET_SIZE]) and len(outputs) >= 1
+            and _fits(outputs[0], [None, DET_ANCHORS, None])
+            and (not isinstance(outputs[0][2], int) or outputs[0][2] >= 6))
+
+
+def _is_pose_model(inputs, outputs) -> bool:
+    # what keypoints() relies on: one crop of a fixed size, and first two outputs that are the SimCC x and y
+    # maps of the 133 points at SIMCC_SPLIT bins per pixel
+    if len(inputs) != 1 or len(inputs[0]) != 4 or len(outputs) < 2:
+        return False
+    _, ch, h, w = inputs[0]
+    if ch != 3 or not isinstance(h, int) or not isinstance(w, int):
+        return False
+    return (_fits(outputs[0], [None, WHOLEBODY_POINTS, int(w * SIMCC_SPLIT)])
+            and _fits(outputs[1], [None, WHOLEBODY_POINTS, int(h * SIMCC_SPLIT)]))
+
+
+def _describe(inputs, outputs) -> str:
+    return (f"it takes {len(inputs)} input(s) {', '.join(map(str, inputs))} and gives {len(outputs)} output(s) "
+            f"{', '.join(map(str, outputs))}")
+
+
+def check_detector(session, path: str) -> None:
+    inputs, outputs = _signature(session)
+    if _is_detector(inputs, outputs):
+        return
+    name = os.path.basename(path)
+    if _is_pose_model(inputs, outputs):
+        raise DWPoseModelError(
+            f"detector '{name}' is the whole-body pose model, not the person detector. Pick {DET_FILE} as the "
+            f"detector (and {POSE_FILE} as the pose_model) in Load DWPose.")
+    raise DWPoseModelError(
+        f"detector '{name}' ({path}) is not DWPose's YOLOX person detector: {_describe(inputs, outputs)}, but the "
+        f"detector takes one [1, 3, 640, 640] image and gives one [1, {DET_ANCHORS}, 85] output. Pick {DET_FILE} "
+        "(download it again if it is that file).")
+
+
+def check_pose_model(session, path: str) -> None:
+    inputs, outputs = _signature(session)
+    if _is_pose_model(inputs, outputs):
+        return
+    name = os.path.basename(path)
+    if _is_detector(inputs, outputs):
+        raise DWPoseModelError(
+            f"pose_model '{name}' is a person detector, not the whole-body pose model. Pick {POSE_FILE} as the "
+            f"pose_model (and {DET_FILE} as the detector) in Load DWPose.")
+    raise DWPoseModelError(
+        f"pose_model '{name}' ({path}) is not DWPose's whole-body pose model (RTMPose): {_describe(inputs, outputs)}, "
+        f"but the pose model takes one [1, 3, 384, 288] crop and gives simcc_x [1, {WHOLEBODY_POINTS}, 576] and "
+        f"simcc_y [1, {WHOLEBODY_POINTS}, 768]. Pick {POSE_FILE} (download it again if it is that file).")
+
+
 @dataclass
 class WholeBody:
     """Keypoints of the people in one image: ``xy [P,134,2]`` normalised by (W, H), ``score [P,134]``."""
@@ -173,15 +260,14 @@ class DWPose:
 
         available = ort.get_available_providers()
         providers = [p for p in (providers or ["CUDAExecutionProvider", "CPUExecutionProvider"]) if p in available]
-        self.det = ort.InferenceSession(det_path, providers=providers)
-        self.pose = ort.InferenceSession(pose_path, providers=providers)
+        self.det = open_session(det_path, "detector", providers)
+        check_detector(self.det, det_path)
+        self.pose = open_session(pose_path, "pose_model", providers)
+        check_pose_model(self.pose, pose_path)
         shape = self.pose.get_inputs()[0].shape             # [N, 3, h, w]
         self.pose_wh = (int(shape[3]), int(shape[2]))
         self.pose_batch = shape[0] if isinstance(shape[0], int) else None
         self.providers = self.det.get_providers()
-        det_shape = self.det.get_inputs()[0].shape
-        if list(det_shape[2:]) != list(DET_SIZE):
-            raise ValueError(f"{det_path}: expected a 640x640 YOLOX detector, input is {det_shape}.")
 
     def detect(self, img: np.ndarray) -> np.ndarray:
         x, r = letterbox(img)

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .model_files import onnx_load_message
 
 logger = logging.getLogger(__name__)
 
@@ -22,10 +25,17 @@ CLIP_SIZE = 224
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 COLOR_ORDERS = ("bgr", "rgb")
+# insightface task -> the antelopev2 file that provides it
+PACK_MODELS = {"detection": "scrfd_10g_bnkps.onnx", "recognition": "glintr100.onnx"}
+_TASK_WORDS = {"detection": "face detection", "recognition": "ArcFace recognition"}
 
 
 class FaceSetupError(FileNotFoundError):
     """The antelopev2 files are missing or laid out the way insightface cannot read."""
+
+
+class FaceModelError(ValueError):
+    """An antelopev2 .onnx file is damaged, or is a model insightface cannot use."""
 
 
 class NoFaceError(ValueError):
@@ -59,6 +69,78 @@ def find_insightface_root(roots: list[str]) -> str:
         f"antelopev2 pack) in {expected}.")
 
 
+def pack_fingerprint(roots: list[str]) -> tuple:
+    """Name, size and modification time of every file in each root's antelopev2 folder (never raises)."""
+    state = []
+    for root in roots:
+        pack = os.path.join(root, "models", PACK_NAME)
+        try:
+            entries = list(os.scandir(pack))
+        except OSError:   # no such folder: find_insightface_root says what to do when the node runs
+            continue
+        for e in entries:
+            try:
+                st = e.stat()
+            except OSError:   # a broken link, or a file removed meanwhile
+                state.append((e.path, None, None))
+                continue
+            state.append((e.path, st.st_size, st.st_mtime_ns))
+    return tuple(sorted(state, key=str))
+
+
+def _face_analysis(root: str, providers: list[str]):
+    """insightface's FaceAnalysis on the pack folder, its failures turned into errors naming the file."""
+    from insightface.app import FaceAnalysis
+
+    pack = os.path.join(root, "models", PACK_NAME)
+    try:
+        return FaceAnalysis(name=PACK_NAME, root=root, providers=providers, allowed_modules=list(PACK_MODELS))
+    except AssertionError as exc:
+        if str(exc):  # one of insightface's file checks, e.g. a broken link: it says which file
+            raise FaceSetupError(f"insightface could not use {pack}: {exc}.") from exc
+        # FaceAnalysis asserts, without a message, that some file there is a face detector
+        raise FaceSetupError(missing_models_message(pack, ["detection"])) from exc
+    except Exception as exc:  # onnxruntime's load errors, or insightface failing on a model it cannot route
+        raise FaceModelError(_unreadable_model_message(pack, exc)) from exc
+
+
+def missing_models_message(pack: str, missing: list[str]) -> str:
+    """Which of the needed antelopev2 models insightface did not find in ``pack``, and how to fix it."""
+    present = _onnx_files(pack)
+    problems = [f"{PACK_MODELS[t]} is there but is not a {_TASK_WORDS[t]} model that insightface recognises "
+                "(another model under that name)" if PACK_MODELS[t] in present else
+                f"{PACK_MODELS[t]} ({_TASK_WORDS[t]}) is missing" for t in missing]
+    fetch = "; ".join(f"python tools/models.py download models/{PACK_NAME}/{PACK_MODELS[t]}" for t in missing)
+    needed = " and ".join(f"{n} ({_TASK_WORDS[t]})" for t, n in PACK_MODELS.items())
+    return (f"The insightface folder {pack} has no {' and no '.join(missing)} model: {'; '.join(problems)}. It "
+            f"holds: {', '.join(present) or 'no .onnx file'}. Load Face Analysis needs {needed} from the antelopev2 "
+            f"pack: put the missing file there, deleting a wrong file of that name first ({fetch}).")
+
+
+def _unreadable_model_message(pack: str, exc: BaseException) -> str:
+    path = _file_being_loaded(exc)
+    if path is None:
+        return (f"insightface could not load the models in {pack}: {' '.join(str(exc).split())[:400]}. One of the "
+                ".onnx files there is damaged or is not an antelopev2 model; download the antelopev2 pack again.")
+    return onnx_load_message(path, exc, "The insightface model") + (
+        f" insightface opens every .onnx file in {pack}, so a file there that is not part of the antelopev2 "
+        "pack can simply be removed.")
+
+
+def _file_being_loaded(exc: BaseException) -> str | None:
+    """The .onnx file FaceAnalysis was opening when ``exc`` was raised."""
+    said = re.search(r"Load model from (.+?\.onnx) failed", str(exc))
+    if said:
+        return said.group(1)
+    tb = exc.__traceback__
+    while tb is not None:   # insightface's own error (not onnxruntime's) does not name the file
+        candidate = tb.tb_frame.f_locals.get("onnx_file")
+        if isinstance(candidate, str):
+            return candidate
+        tb = tb.tb_next
+    return None
+
+
 @dataclass
 class FaceResult:
     """One detected face of the reference (pixel coordinates of the image it was found in)."""
@@ -85,15 +167,10 @@ class FaceAnalyzer:
     """insightface's antelopev2 detector + recogniser, loaded from local files only."""
 
     def __init__(self, root: str, providers: list[str]):
-        from insightface.app import FaceAnalysis
-
-        self.app = FaceAnalysis(name=PACK_NAME, root=root, providers=providers,
-                                allowed_modules=["detection", "recognition"])
-        missing = [m for m in ("detection", "recognition") if m not in self.app.models]
+        self.app = _face_analysis(root, providers)
+        missing = [m for m in PACK_MODELS if m not in self.app.models]
         if missing:
-            raise FaceSetupError(
-                f"{os.path.join(root, 'models', PACK_NAME)} has no {' or '.join(missing)} model that insightface "
-                "recognises; the antelopev2 pack needs scrfd_10g_bnkps.onnx and glintr100.onnx.")
+            raise FaceSetupError(missing_models_message(os.path.join(root, "models", PACK_NAME), missing))
         ctx = 0 if "CUDAExecutionProvider" in providers else -1
         self.app.prepare(ctx_id=ctx, det_size=(DET_SIZES[0], DET_SIZES[0]))
         self.det = self.app.models["detection"]

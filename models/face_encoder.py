@@ -15,8 +15,42 @@ import torch
 from torch import nn
 
 from .checkpoint import CheckpointError, load_checked, module_shapes
+from .model_files import Fixed, Width, agreed_widths
 
 DIM_HEAD = 64  # fixed in the official FacePerceiver; heads = inner width / 64
+ARCFACE_DIM = 512  # what proj takes: insightface's glintr100 embedding
+FIX = ("Delete it and download the official Animation/face_encoder.pth from the StableAnimator "
+       "release again (python tools/models.py download face_encoder.pth).")
+HIDDEN, TOKENS, TOKEN = "proj hidden width", "face-token values (tokens x token width)", "token width"
+ATTENTION, FEED_FORWARD = "attention width", "feed-forward width"
+
+
+def _layout(depth: int) -> dict:
+    """Tensor name -> axes of a FusionFaceId with ``depth`` perceiver layers."""
+    d, inner, ff = Width(TOKEN), Width(ATTENTION), Width(FEED_FORWARD)
+    layout = {
+        "proj.0.weight": (Width(HIDDEN), Fixed(ARCFACE_DIM, "proj takes the 512-d ArcFace embedding")),
+        "proj.0.bias": (Width(HIDDEN),),
+        "proj.2.weight": (Width(TOKENS), Width(HIDDEN)),
+        "proj.2.bias": (Width(TOKENS),),
+        "norm.weight": (d,), "norm.bias": (d,),
+        # the face tokens sit beside the CLIP token in one cross-attention context, so the CLIP width that
+        # proj_in takes is the token width too
+        "fusion_model.proj_in.weight": (d, d), "fusion_model.proj_in.bias": (d,),
+        "fusion_model.proj_out.weight": (d, d), "fusion_model.proj_out.bias": (d,),
+        "fusion_model.norm_out.weight": (d,), "fusion_model.norm_out.bias": (d,),
+    }
+    for i in range(depth):
+        p = f"fusion_model.layers.{i}"
+        layout.update({
+            f"{p}.0.norm1.weight": (d,), f"{p}.0.norm1.bias": (d,),
+            f"{p}.0.norm2.weight": (d,), f"{p}.0.norm2.bias": (d,),
+            f"{p}.0.to_q.weight": (inner, d), f"{p}.0.to_kv.weight": (Width(ATTENTION, 2), d),
+            f"{p}.0.to_out.weight": (d, inner),
+            f"{p}.1.0.weight": (d,), f"{p}.1.0.bias": (d,),
+            f"{p}.1.1.weight": (ff, d), f"{p}.1.3.weight": (d, ff),
+        })
+    return layout
 
 
 class PerceiverAttention(nn.Module):
@@ -104,7 +138,9 @@ class FaceEncoder(nn.Module):
         return tokens + scale * out if shortcut else out
 
     @staticmethod
-    def config_from_state_dict(sd) -> dict:
+    def config_from_state_dict(sd, source: str = "") -> dict:
+        """The constructor arguments from the tensor shapes, checked against each other (a damaged shape is
+        named here, not at the first Face Encode)."""
         needed = ("proj.0.weight", "proj.2.weight", "norm.weight", "fusion_model.proj_in.weight",
                   "fusion_model.layers.0.0.to_q.weight", "fusion_model.layers.0.1.1.weight")
         absent = [k for k in needed if k not in sd]
@@ -113,24 +149,23 @@ class FaceEncoder(nn.Module):
                 f"Not a Face Encoder (FusionFaceId) checkpoint: missing {absent}. "
                 "Pick Animation/face_encoder.pth."
             )
-        cross_dim = int(sd["norm.weight"].shape[0])
         depth = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"^fusion_model\.layers\.(\d+)\.", k)))
-        inner = int(sd["fusion_model.layers.0.0.to_q.weight"].shape[0])
+        w = agreed_widths(sd, _layout(depth), "Face Encoder", source, FIX)
+        cross_dim, inner = w[TOKEN], w[ATTENTION]
+        where = f" ({source})" if source else ""
+        if w[TOKENS] % cross_dim:
+            raise CheckpointError(
+                f"Face Encoder{where}: proj.2 gives {w[TOKENS]} values, not a whole number of {cross_dim}-wide face "
+                f"tokens. The file is damaged or was changed after training. {FIX}")
         if inner % DIM_HEAD:
-            raise CheckpointError(f"Face Encoder attention width {inner} is not a multiple of {DIM_HEAD}.")
-        return dict(
-            id_dim=int(sd["proj.0.weight"].shape[1]),
-            id_hidden=int(sd["proj.0.weight"].shape[0]),
-            cross_dim=cross_dim,
-            num_tokens=int(sd["proj.2.weight"].shape[0]) // cross_dim,
-            clip_dim=int(sd["fusion_model.proj_in.weight"].shape[1]),
-            depth=depth,
-            inner=inner,
-            ff_hidden=int(sd["fusion_model.layers.0.1.1.weight"].shape[0]),
-        )
+            raise CheckpointError(
+                f"Face Encoder{where}: the attention width {inner} is not a multiple of the {DIM_HEAD}-wide heads. "
+                f"The file is damaged or was changed after training. {FIX}")
+        return dict(id_dim=ARCFACE_DIM, id_hidden=w[HIDDEN], cross_dim=cross_dim, num_tokens=w[TOKENS] // cross_dim,
+                    clip_dim=cross_dim, depth=depth, inner=inner, ff_hidden=w[FEED_FORWARD])
 
     @classmethod
     def from_state_dict(cls, sd, *, dtype=None, device=None, operations=nn, source: str = "face_encoder"):
-        build = functools.partial(cls, **cls.config_from_state_dict(sd))
+        build = functools.partial(cls, **cls.config_from_state_dict(sd, source))
         model = build(dtype=dtype, device=device, operations=operations)
         return load_checked(model, sd, module_shapes(build), "Face Encoder", source, dtype).eval()

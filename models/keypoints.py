@@ -135,15 +135,31 @@ def to_pose_keypoint(frames: list[PoseFrame], threshold: float = THRESHOLD) -> l
 
 
 class PoseFormatError(ValueError):
-    """A POSE_KEYPOINT value does not have the expected structure."""
+    """A POSE_KEYPOINT value does not have the expected structure; the message says where and what."""
 
 
-def _part(flat, n, size, scores, low) -> tuple[np.ndarray | None, np.ndarray | None]:
+MAX_CANVAS_SIDE = 16384   # pixels; a canvas is the image the poses were taken from, never larger than this
+
+
+def _numbers(values, where: str, field_name: str) -> np.ndarray:
+    if not isinstance(values, (list, tuple)):
+        raise PoseFormatError(f"{where}: {field_name} is a {type(values).__name__}; expected a list of numbers.")
+    for k, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise PoseFormatError(f"{where}: {field_name}[{k}] is {v!r}; expected a number.")
+    arr = np.asarray(values, dtype=float)
+    if not np.isfinite(arr).all():
+        k = int(np.flatnonzero(~np.isfinite(arr))[0])
+        raise PoseFormatError(f"{where}: {field_name}[{k}] is {values[k]!r}; expected a finite number.")
+    return arr
+
+
+def _part(flat, n, size, scores, low, where: str, key: str, name: str) -> tuple[np.ndarray | None, np.ndarray | None]:
     if flat is None:
         return None, None
-    arr = np.asarray(flat, dtype=float)
+    arr = _numbers(flat, where, key)
     if arr.size % 3:
-        raise PoseFormatError(f"A keypoint list has {arr.size} numbers, not a multiple of 3 (x, y, c).")
+        raise PoseFormatError(f"{where}: {key} has {arr.size} numbers, not a multiple of 3 (x, y, confidence).")
     arr = arr.reshape(-1, 3)[:n]
     if len(arr) < n:
         arr = np.concatenate([arr, np.zeros((n - len(arr), 3))])
@@ -151,46 +167,118 @@ def _part(flat, n, size, scores, low) -> tuple[np.ndarray | None, np.ndarray | N
     xy = arr[:, :2].copy()
     if present.any() and np.abs(xy[present]).max() > 1.0:  # pixels -> normalised
         xy = xy / np.array(size, float)
-    side = None if scores is None else np.asarray(scores, float)[:n]
+    side = None if scores is None else _numbers(scores, where, f"{SCORE_KEY}.{name}")[:n]
     if side is not None and len(side) < n:
         side = np.concatenate([side, np.zeros(n - len(side))])
     score = np.where(present, arr[:, 2] if side is None else side, 0.0)
+    if not isinstance(low or [], (list, tuple)):
+        raise PoseFormatError(f"{where}: {SCORE_KEY}.{LOW_KEY}.{name} is a {type(low).__name__}; expected a list.")
     for entry in low or ():
         try:
             i, x, y = int(entry[0]), float(entry[1]), float(entry[2])
-        except (TypeError, ValueError, IndexError) as exc:
-            raise PoseFormatError(f"An {SCORE_KEY}.{LOW_KEY} entry is {entry!r}, not [index, x, y].") from exc
+        except (TypeError, ValueError, IndexError, KeyError) as exc:
+            raise PoseFormatError(f"{where}: a {SCORE_KEY}.{LOW_KEY}.{name} entry is {entry!r}, not [index, x, y].") from exc
         # only points the standard list marks missing: a point another tool placed there wins
-        if 0 <= i < n and not present[i]:
+        if 0 <= i < n and not present[i] and np.isfinite([x, y]).all():
             xy[i] = (x / size[0], y / size[1])
             score[i] = 0.0 if side is None else side[i]
     return xy, score
 
 
+def _canvas_side(d: dict, key: str, where: str) -> int:
+    v = d[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not float(v).is_integer() or not 1 <= v <= MAX_CANVAS_SIDE:
+        raise PoseFormatError(f"{where}: {key} is {v!r}; expected a whole number of pixels from 1 to "
+                              f"{MAX_CANVAS_SIDE} (the size of the image the poses were taken from).")
+    return int(v)
+
+
+def _side_dict(p: dict, where: str) -> dict:
+    side = p.get(SCORE_KEY) or {}
+    if not isinstance(side, dict):
+        raise PoseFormatError(f"{where}: {SCORE_KEY} is a {type(side).__name__}; expected a dict (or leave it out).")
+    low = side.get(LOW_KEY) or {}
+    if not isinstance(low, dict):
+        raise PoseFormatError(f"{where}: {SCORE_KEY}.{LOW_KEY} is a {type(low).__name__}; expected a dict.")
+    return side
+
+
+def _person(p, size, where: str) -> Person:
+    if not isinstance(p, dict):
+        raise PoseFormatError(f"{where} is a {type(p).__name__}; expected a dict with pose_keypoints_2d.")
+    side = _side_dict(p, where)
+    low = side.get(LOW_KEY) or {}
+    kw = {}
+    for name, key, n in PARTS:
+        kw[name], kw[f"{name}_score"] = _part(p.get(key), n, size, side.get(name), low.get(name), where, key, name)
+    if kw["body"] is None:
+        kw["body"], kw["body_score"] = np.zeros((BODY, 2)), np.zeros(BODY)
+    rank = side.get(RANK_KEY)
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int)):
+        raise PoseFormatError(f"{where}: {SCORE_KEY}.{RANK_KEY} is {rank!r}; expected a whole number.")
+    return Person(**kw, rank=rank)
+
+
 def from_pose_keypoint(value) -> list[PoseFrame]:
-    """controlnet_aux ``POSE_KEYPOINT`` (one dict or a list of them) -> our frames."""
+    """controlnet_aux ``POSE_KEYPOINT`` (one dict or a list of them) -> our frames.
+
+    Anything that is not that format is refused with the frame, person and field that are wrong.
+    """
     if isinstance(value, dict):
         value = [value]
     if not isinstance(value, (list, tuple)) or not value:
-        raise PoseFormatError("POSE_KEYPOINT must be a non-empty list of per-frame dicts.")
+        raise PoseFormatError(f"POSE_KEYPOINT must be a non-empty list of per-frame dicts, not "
+                              f"{'an empty list' if isinstance(value, (list, tuple)) else type(value).__name__}.")
     frames = []
     for i, d in enumerate(value):
+        where = f"frame {i}"
         if not isinstance(d, dict) or "people" not in d or "canvas_width" not in d or "canvas_height" not in d:
-            raise PoseFormatError(f"Frame {i} is not an OpenPose dict with people/canvas_width/canvas_height.")
-        size = (int(d["canvas_width"]), int(d["canvas_height"]))
-        people = []
-        for p in d["people"]:
-            side = p.get(SCORE_KEY) or {}
-            low = side.get(LOW_KEY) or {}
-            kw = {}
-            for name, key, n in PARTS:
-                kw[name], kw[f"{name}_score"] = _part(p.get(key), n, size, side.get(name), low.get(name))
-            if kw["body"] is None:
-                kw["body"], kw["body_score"] = np.zeros((BODY, 2)), np.zeros(BODY)
-            rank = side.get(RANK_KEY)
-            people.append(Person(**kw, rank=None if rank is None else int(rank)))
+            raise PoseFormatError(f"{where} is not an OpenPose dict with people, canvas_width and canvas_height.")
+        size = (_canvas_side(d, "canvas_width", where), _canvas_side(d, "canvas_height", where))
+        if not isinstance(d["people"], (list, tuple)):
+            raise PoseFormatError(f"{where}: people is a {type(d['people']).__name__}; expected a list of person dicts.")
+        people = [_person(p, size, f"{where}, person {j}") for j, p in enumerate(d["people"])]
         frames.append(PoseFrame(size[0], size[1], people))
     return frames
+
+
+EDITS_FORMAT = '{"<frame>": {"<person>": {"<joint 0-17>": [x, y]}}} in canvas pixels'
+
+
+def _index(key, what: str, where: str) -> int:
+    text = str(key).strip()
+    if not text.isdigit():
+        raise PoseFormatError(f"edits{where}: {key!r} is not a {what} number; expected {EDITS_FORMAT}.")
+    return int(text)
+
+
+def parse_edits(edits) -> dict[int, dict[int, dict[int, tuple[float, float]]]]:
+    """``edits`` (the Pose Edit widget's parsed JSON) checked entry by entry; the first bad entry is named."""
+    if not isinstance(edits, dict):
+        raise PoseFormatError(f"edits is a JSON {type(edits).__name__}; expected an object: {EDITS_FORMAT}, "
+                              "or {} for no edits.")
+    out = {}
+    for f, people in edits.items():
+        frame = _index(f, "frame", "")
+        out.setdefault(frame, {})
+        if not isinstance(people, dict):
+            raise PoseFormatError(f'edits["{f}"] is {people!r}; expected an object of people: {EDITS_FORMAT}.')
+        for p, joints in people.items():
+            person = _index(p, "person", f'["{f}"]')
+            out[frame].setdefault(person, {})
+            if not isinstance(joints, dict):
+                raise PoseFormatError(f'edits["{f}"]["{p}"] is {joints!r}; expected an object of joints: {EDITS_FORMAT}.')
+            for j, xy in joints.items():
+                joint = _index(j, "joint", f'["{f}"]["{p}"]')
+                where = f'edits["{f}"]["{p}"]["{j}"]'
+                if joint >= BODY:
+                    raise PoseFormatError(f"Joint {joint} is not one of the {BODY} body joints (0-{BODY - 1}): remove {where}.")
+                ok = (isinstance(xy, (list, tuple)) and len(xy) == 2
+                      and all(isinstance(c, (int, float)) and not isinstance(c, bool) and np.isfinite(c) for c in xy))
+                if not ok:
+                    raise PoseFormatError(f"{where} is {xy!r}; expected [x, y], two numbers in canvas pixels.")
+                out[frame][person][joint] = (float(xy[0]), float(xy[1]))
+    return out
 
 
 def apply_edits(value: list[dict], edits: dict) -> list[dict]:
@@ -198,29 +286,28 @@ def apply_edits(value: list[dict], edits: dict) -> list[dict]:
     ``edits = {"<frame>": {"<person>": {"<joint>": [x_px, y_px]}}}``. A moved joint counts as detected."""
     import copy
 
+    moves = parse_edits(edits)
     # frame by frame: frames that are one shared object upstream must not share an edit
     out = [copy.deepcopy(frame) for frame in value]
-    for f, people in edits.items():
-        frame = int(f)
-        if not 0 <= frame < len(out):
-            raise PoseFormatError(f"An edit names frame {frame}, but there are {len(out)} frames.")
-        for p, joints in people.items():
-            person = int(p)
-            if not 0 <= person < len(out[frame]["people"]):
+    for frame, people in moves.items():
+        if frame >= len(out):
+            raise PoseFormatError(f"An edit names frame {frame}, but there are {len(out)} frames (0-{len(out) - 1}). "
+                                  "Remove that entry from edits.")
+        for person, joints in people.items():
+            if person >= len(out[frame]["people"]):
                 raise PoseFormatError(f"An edit names person {person} in frame {frame}, which shows "
-                                      f"{len(out[frame]['people'])} people.")
+                                      f"{len(out[frame]['people'])} people. Remove that entry from edits.")
             entry = out[frame]["people"][person]
             flat = entry.setdefault("pose_keypoints_2d", [0.0] * BODY * 3)
+            if len(flat) < BODY * 3:
+                flat.extend([0.0] * (BODY * 3 - len(flat)))
             for j, (x, y) in joints.items():
-                j = int(j)
-                if not 0 <= j < BODY:
-                    raise PoseFormatError(f"Joint {j} is not one of the {BODY} body joints.")
-                flat[3 * j:3 * j + 3] = [float(x), float(y), 1.0]
-                side = entry.get(SCORE_KEY, {})
+                flat[3 * j:3 * j + 3] = [x, y, 1.0]
+                side = entry.get(SCORE_KEY) or {}
                 scores = side.get("body")
-                if scores is not None:
+                if scores is not None and j < len(scores):
                     scores[j] = max(scores[j], 1.0)
-                low = side.get(LOW_KEY, {})
+                low = side.get(LOW_KEY) or {}
                 if low.get("body"):
                     # the joint is now in the standard list; its old hidden place is stale
                     low["body"] = [e for e in low["body"] if int(e[0]) != j]

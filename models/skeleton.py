@@ -37,10 +37,31 @@ EPS = 0.01
 CANVAS_SHORT_SIDE = 2160
 
 
+# The official canvas grows with the keypoints' aspect ratio (short side 2160). Up to 4:1 it is drawn
+# exactly so; past that the canvas is scaled down to this many pixels, which draws limbs and joints
+# relatively thicker than the official images, and past MAX_ASPECT it is refused: nobody's pose is there.
+CANVAS_MAX_PIXELS = CANVAS_SHORT_SIDE * CANVAS_SHORT_SIDE * 4
+MAX_ASPECT = 16.0
+
+
 def canvas_size(width: int, height: int) -> tuple[int, int]:
     short = min(width, height)
     ratio = CANVAS_SHORT_SIDE / short if short != CANVAS_SHORT_SIDE else 1
-    return int(width * ratio), int(height * ratio)
+    w, h = int(width * ratio), int(height * ratio)
+    if w * h > CANVAS_MAX_PIXELS:
+        shrink = (CANVAS_MAX_PIXELS / (w * h)) ** 0.5
+        w, h = max(1, int(w * shrink)), max(1, int(h * shrink))
+    return w, h
+
+
+def canvas_problem(width: int, height: int) -> str | None:
+    """A message for a keypoint canvas too elongated to be a person's image, else None."""
+    aspect = max(width, height) / max(1, min(width, height))
+    if aspect > MAX_ASPECT:
+        return (f"the keypoints' canvas is {width}x{height} (aspect {aspect:.0f}:1); skeletons are drawn for canvases "
+                f"up to {MAX_ASPECT:.0f}:1. The poses were taken from a strip, not a picture of a person: extract "
+                "them from the reference image or video itself.")
+    return None
 
 
 def _blend(color, alpha) -> list[int]:
@@ -65,7 +86,9 @@ def _draw_body(canvas, people: list[Person]) -> np.ndarray:
             angle = np.degrees(np.arctan2(py[0] - py[1], px[0] - px[1]))
             poly = cv2.ellipse2Poly((int(px.mean()), int(py.mean())), (int(length / 2), STICK_WIDTH), int(angle), 0, 360, 1)
             cv2.fillConvexPoly(canvas, poly, _blend(COLORS[i], sc[a] * sc[b]))
-    canvas = (canvas * LIMB_DIM).astype(np.uint8)
+    # in place, in uint8: the official ``(canvas * 0.6).astype(uint8)`` truncates the same way but makes
+    # an 8x float64 copy of a canvas that can hold tens of megapixels
+    np.multiply(canvas, LIMB_DIM, out=canvas, casting="unsafe")
     for i in range(len(COLORS)):
         for p in people:
             if p.body_score[i] > VISIBLE:

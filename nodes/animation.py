@@ -12,6 +12,7 @@ from comfy_api.latest import io
 
 from .patches import IDAttentionPatch, PoseResidualPatch, temporal_block_marks
 from . import types
+from .validation import Node, generation_size_problem, known, verdict
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +32,11 @@ def _pose_features(pose_net, pose_images: torch.Tensor, chunk: int = 16, keep_dt
     return torch.cat(feats)
 
 
-class ApplyStableAnimator(io.ComfyNode):
+class ApplyStableAnimator(Node):
     """Patches a copy of the model with StableAnimator's ID adapter (face tokens on the 16 spatial
     cross-attentions) and PoseNet (skeleton features after the first convolution)."""
+
+    rule_inputs = ('id_start_percent', 'id_end_percent')
 
     @classmethod
     def define_schema(cls):
@@ -57,6 +60,14 @@ class ApplyStableAnimator(io.ComfyNode):
             ],
             outputs=[io.Model.Output(display_name="model", tooltip="The patched copy.")],
         )
+
+    @classmethod
+    def rules(cls, values):
+        start, end = values.get("id_start_percent"), values.get("id_end_percent")
+        if known(start, end) and start >= end:
+            return (f"id_start_percent ({start}) must be below id_end_percent ({end}), or the ID adapter never acts. "
+                    "Swap them; to turn the face branch off set id_strength to 0.")
+        return None
 
     @classmethod
     def execute(cls, model, id_adapter, face_conditioning, pose_net, pose_images, id_strength, pose_strength,
@@ -93,7 +104,7 @@ def _lanczos(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, np.float32) / 255.0)
 
 
-class AnimationConditioning(io.ComfyNode):
+class AnimationConditioning(Node):
     """StableAnimator's conditioning: the reference latent (VAE mode of the Lanczos-resized reference,
     noise-augmented in [-1, 1] as the official pipeline does, unscaled), the CLIP token, and
     fps / motion bucket / augmentation for the time embedding. The negative is all zeros."""
@@ -123,12 +134,17 @@ class AnimationConditioning(io.ComfyNode):
         )
 
     @classmethod
+    def rules(cls, values):
+        poses = values.get("pose_images")
+        if poses is None:
+            return None
+        problem = generation_size_problem(poses.shape[2], poses.shape[1])
+        return f"pose_images: {problem}" if problem else None
+
+    @classmethod
     def execute(cls, vae, image, face_conditioning, pose_images, fps, motion_bucket_id, noise_aug_strength,
                 seed) -> io.NodeOutput:
         length, height, width = pose_images.shape[0], pose_images.shape[1], pose_images.shape[2]
-        if width % 64 or height % 64:
-            raise ValueError(f"The pose images are {width}x{height}; the generation size must be a multiple of 64 "
-                             "(StableAnimator uses 512x512 or 576x1024). Set it in Render Skeleton.")
         if (width, height) not in ((512, 512), (576, 1024)):
             logger.warning("StableAnimator was trained at 512x512 and 576x1024; %dx%d may look worse.", width, height)
         ref = _lanczos(image[0], width, height)[None]                                         # [1, H, W, 3] in [0, 1]

@@ -12,6 +12,7 @@ import comfy.utils
 from comfy_api.latest import InputImpl, Types, io
 
 from . import types
+from .validation import Node
 from .vae_decoder import fresh_decoder
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def decode_chunks(decode, samples: torch.Tensor, chunk: int) -> torch.Tensor:
     return torch.cat(frames)
 
 
-class AnimationDecode(io.ComfyNode):
+class AnimationDecode(Node):
     """Decodes the animation latent with SVD's temporal VAE decoder, a few frames at a time."""
 
     @classmethod

@@ -13,14 +13,15 @@ from comfy_api.latest import io
 
 from ..models import keypoints as kp
 from ..models.face import (COLOR_ORDERS, FaceAnalyzer, FaceConditioning, FaceLandmarks, box_mask, clip_pixels,
-                           face_box, find_insightface_root, five_points)
+                           face_box, find_insightface_root, five_points, pack_fingerprint)
 from . import types
+from .validation import Node, generation_size_problem, known, verdict
 from .folders import INSIGHTFACE
 
 logger = logging.getLogger(__name__)
 
 
-class LoadFaceAnalysis(io.ComfyNode):
+class LoadFaceAnalysis(Node):
     """Loads insightface's antelopev2 face detector and ArcFace recogniser from
     ComfyUI/models/insightface/models/antelopev2 (local files only, never a download)."""
 
@@ -34,6 +35,12 @@ class LoadFaceAnalysis(io.ComfyNode):
                                    "onnxruntime-gpu sees a GPU, else CPU (the log says which).")],
             outputs=[types.FaceAnalysis.Output(display_name="face_analysis", tooltip="For Face Embed.")],
         )
+
+    @classmethod
+    def fingerprint_inputs(cls, provider):
+        # the antelopev2 files are not an input: without this, ComfyUI would keep the analyser it built
+        # before a file there was replaced, added or removed
+        return provider, pack_fingerprint(folder_paths.get_folder_paths(INSIGHTFACE))
 
     @classmethod
     def execute(cls, provider) -> io.NodeOutput:
@@ -57,7 +64,7 @@ def _to_uint8(image: torch.Tensor) -> np.ndarray:
     return (image[..., :3].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
 
-class FaceEmbed(io.ComfyNode):
+class FaceEmbed(Node):
     """Finds the reference's face and returns its raw 512-d ArcFace embedding, box and landmarks.
 
     No face is an error (the official scripts then tried facexlib's RetinaFace detector and, failing that,
@@ -98,7 +105,7 @@ class FaceEmbed(io.ComfyNode):
         return io.NodeOutput(res, crop, mask)
 
 
-class FaceEncode(io.ComfyNode):
+class FaceEncode(Node):
     """Turns the ArcFace embedding and the reference's CLIP image embedding into the 4 face tokens of
     StableAnimator's Face Encoder; the UNet then sees [CLIP token, 4 face tokens]."""
 
@@ -137,11 +144,13 @@ class FaceEncode(io.ComfyNode):
         return io.NodeOutput(FaceConditioning(clip_embeds=clip, face_tokens=tokens))
 
 
-class FaceBoxes(io.ComfyNode):
+class FaceBoxes(Node):
     """Per-frame face boxes and face landmarks from the aligned driving keypoints, at generation
     resolution, for face refinement.
 
     Replaces the hand-made mask folders of the official scripts; preview or edit the masks like any MASK."""
+
+    rule_inputs = ('width', 'height')
 
     @classmethod
     def define_schema(cls):
@@ -150,8 +159,10 @@ class FaceBoxes(io.ComfyNode):
             description=cls.__doc__.strip(),
             inputs=[
                 types.PoseKeypoint.Input("pose_keypoint", tooltip="Aligned driving keypoints (Pose Align output)."),
-                io.Int.Input("width", default=512, min=64, max=4096, step=8, tooltip="Generation width."),
-                io.Int.Input("height", default=512, min=64, max=4096, step=8, tooltip="Generation height."),
+                io.Int.Input("width", default=512, min=64, max=2048, step=64,
+                             tooltip="Generation width: the same as Render Skeleton's (a multiple of 64)."),
+                io.Int.Input("height", default=512, min=64, max=2048, step=64,
+                             tooltip="Generation height: the same as Render Skeleton's (a multiple of 64)."),
                 io.Float.Input("margin", default=0.1, min=0.0, max=2.0, step=0.05,
                                tooltip="Grow each box by this fraction of its size on every side."),
                 io.Int.Input("person", default=0, min=0, max=32, tooltip="Whose face, largest first."),
@@ -165,6 +176,11 @@ class FaceBoxes(io.ComfyNode):
                                          "whose face is turned away or hidden has none and is not refined."),
             ],
         )
+
+    @classmethod
+    def rules(cls, values):
+        width, height = values.get("width"), values.get("height")
+        return generation_size_problem(width, height) if known(width, height) else None
 
     @classmethod
     def execute(cls, pose_keypoint, width, height, margin, person) -> io.NodeOutput:

@@ -54,3 +54,44 @@ def full_path(folder: str, name: str) -> str:
             f"Put the file there (see the README's Models section) and refresh the node list."
         )
     return path
+
+
+class UnsafePathError(ValueError):
+    """A file name that does not stay inside the ComfyUI folder it must come from."""
+
+
+def _inside(path: str, folder: str) -> bool:
+    try:
+        return os.path.commonpath([path, folder]) == folder
+    except ValueError:   # another drive on Windows
+        return False
+
+
+def input_file_problem(name, suffixes: tuple[str, ...]) -> str | None:
+    """Why ``name`` is not a readable file inside ComfyUI's input folder, or None.
+
+    The name is what the prompt says: a relative path inside the input folder. Absolute paths,
+    ``..`` and symlinks that lead out of the folder are refused, so a prompt cannot read other files.
+    """
+    base = os.path.realpath(folder_paths.get_input_directory())
+    if not isinstance(name, str) or not name.strip():
+        return f"'{name}' is not a file name. Pick a file from the list (files in {base})."
+    if os.path.isabs(name) or name.startswith(("/", "\\")) or os.path.splitdrive(name)[0]:
+        return f"'{name}' is an absolute path; only files inside ComfyUI's input folder ({base}) can be read. Copy the file there."
+    real = os.path.realpath(os.path.join(base, name))
+    if not _inside(real, base):
+        return (f"'{name}' leads outside ComfyUI's input folder ({base}); only files inside it can be read. "
+                "Copy the file into the input folder.")
+    if not name.lower().endswith(suffixes):
+        return f"'{name}' is not a {' or '.join(suffixes)} file. Pick one from the list."
+    if not os.path.isfile(real):
+        return f"'{name}' is not in ComfyUI's input folder ({base}). Put the file there and refresh the node list."
+    return None
+
+
+def input_file(name: str, suffixes: tuple[str, ...]) -> str:
+    """The real path of ``name`` inside the input folder; :class:`UnsafePathError` if it is not one."""
+    problem = input_file_problem(name, suffixes)
+    if problem:
+        raise UnsafePathError(problem)
+    return os.path.realpath(os.path.join(folder_paths.get_input_directory(), name))

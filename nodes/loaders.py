@@ -12,14 +12,16 @@ import comfy.sd
 import comfy.utils
 import folder_paths
 from comfy_api.latest import io
+from safetensors import SafetensorError
 
-from ..models.checkpoint import CheckpointError, load_state_dict, preferred_path
+from ..models.checkpoint import CheckpointError, damaged_safetensors_message, is_safetensors, load_preferred, load_state_dict
 from ..models.face_encoder import FaceEncoder
 from ..models.id_adapter import IDAdapterWeights
 from ..models.iresnet import IResNet
 from ..models.pose_net import PoseNet
 from ..models.unet_convert import convert_stableanimator_unet
 from . import types
+from .validation import Node
 from .folders import STABLEANIMATOR, full_path, list_files
 from .svd_model import UNET_DTYPES, WEIGHT_DTYPES, build_svd_model
 
@@ -27,10 +29,13 @@ logger = logging.getLogger(__name__)
 
 
 def _load(folder: str, name: str) -> tuple[dict, str]:
-    path = preferred_path(full_path(folder, name))
-    if not path.endswith(name):
-        logger.info("Using %s (converted twin of %s)", path, name)
-    return load_state_dict(path), path
+    picked = full_path(folder, name)
+    loaded = load_preferred(picked)
+    for warning in loaded.warnings:   # a twin passed over: the user should re-convert or delete it
+        logger.warning("%s", warning)
+    if loaded.path != picked:
+        logger.info("Using %s (converted twin of %s)", loaded.path, name)
+    return loaded.state_dict, loaded.path
 
 
 def _weights_combo(default_hint: str, tooltip: str) -> io.Combo.Input:
@@ -39,7 +44,7 @@ def _weights_combo(default_hint: str, tooltip: str) -> io.Combo.Input:
     return io.Combo.Input(f"{default_hint}_name", options=files, default=default, tooltip=tooltip)
 
 
-class LoadAnimationUNet(io.ComfyNode):
+class LoadAnimationUNet(Node):
     """Loads StableAnimator's Animation/unet.pth into ComfyUI's native SVD model.
 
     The ID-adapter weights stored in the same file come out separately, for the ID-adapter patch.
@@ -81,7 +86,7 @@ class LoadAnimationUNet(io.ComfyNode):
         return io.NodeOutput(model, id_adapter)
 
 
-class LoadPoseNet(io.ComfyNode):
+class LoadPoseNet(Node):
     """Loads StableAnimator's Animation/pose_net.pth (the pose guider)."""
 
     @classmethod
@@ -107,7 +112,7 @@ class LoadPoseNet(io.ComfyNode):
             net, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()))
 
 
-class LoadFaceEncoder(io.ComfyNode):
+class LoadFaceEncoder(Node):
     """Loads StableAnimator's Animation/face_encoder.pth (FusionFaceId: ArcFace + CLIP -> 4 face tokens)."""
 
     @classmethod
@@ -137,7 +142,7 @@ class LoadFaceEncoder(io.ComfyNode):
             enc, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()))
 
 
-class LoadArcFace(io.ComfyNode):
+class LoadArcFace(Node):
     """Loads the PyTorch ArcFace (Animation/glintr100_torch.pth, iresnet100) used for face refinement."""
 
     @classmethod
@@ -164,7 +169,7 @@ class LoadArcFace(io.ComfyNode):
         return io.NodeOutput(net)
 
 
-class LoadSVDBase(io.ComfyNode):
+class LoadSVDBase(Node):
     """Loads the VAE and CLIP-H image encoder from ComfyUI's svd_xt.safetensors, skipping its UNet.
 
     Same detection as ComfyUI's Image Only Checkpoint Loader, without building the 1.5 B-parameter
@@ -191,7 +196,14 @@ class LoadSVDBase(io.ComfyNode):
     @classmethod
     def execute(cls, ckpt_name) -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise("checkpoints", ckpt_name)
-        sd, metadata = comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True)
+        if is_safetensors(path):
+            try:  # ComfyUI's reader honours its mmap options; its damage reports get the pack's wording
+                sd, metadata = comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True)
+            except (SafetensorError, ValueError, OSError) as exc:
+                raise CheckpointError(damaged_safetensors_message(path, exc)) from exc
+        else:
+            # The pack's weights-only reader: ComfyUI's refusal of a code pickle advises weights_only=False.
+            sd, metadata = load_state_dict(path), None
         out = comfy.sd.load_state_dict_guess_config(sd, output_vae=True, output_clip=False, output_clipvision=True,
                                                     output_model=False, metadata=metadata)
         if out is None or out[3] is None or out[2] is None:

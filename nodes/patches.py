@@ -129,15 +129,30 @@ class PoseResidualPatch:
     def __deepcopy__(self, memo):
         return self
 
+    def frame_count_problem(self, frames: int) -> str | None:
+        """A message when a video of ``frames`` latent frames cannot be driven by these poses."""
+        if frames == len(self.features):
+            return None
+        return (f"the latent has {frames} frames but Apply StableAnimator got {len(self.features)} pose images. "
+                "Every frame needs its own pose: feed the same pose images to Apply StableAnimator and to Animation "
+                "Conditioning (which makes the latent), or trim the driving video to the latent's length.")
+
     def __call__(self, h: torch.Tensor, transformer_options: dict) -> torch.Tensor:
         if transformer_options.get("block") != ("input", 0) or self.strength == 0.0:
             return h
         cou = transformer_options["cond_or_uncond"]
         per = h.shape[0] // len(cou)
-        idx = _frames_in_window(transformer_options.get("context_window"), per)
-        if len(idx) != per:
-            raise RuntimeError(f"PoseNet features cover {len(idx)} frames but the model runs {per}; "
-                               "the pose images and the latent must have the same number of frames.")
+        window = transformer_options.get("context_window")
+        idx = _frames_in_window(window, per)
+        problem = self.frame_count_problem(per) if window is None else None
+        if problem is None and len(idx) != per:
+            problem = (f"features cover {len(idx)} frames but the model runs {per}: the context window and the "
+                       "batch disagree; report this with your ComfyUI version.")
+        if problem is None and max(idx) >= len(self.features):
+            problem = (f"the model runs frames up to {max(idx)} but Apply StableAnimator got {len(self.features)} pose "
+                       "images: the pose images and the latent must have the same number of frames.")
+        if problem:
+            raise ValueError(f"PoseNet: {problem}")
         feats = self.features[idx].to(device=h.device, dtype=h.dtype)
         add = torch.cat([feats if c == 0 else torch.zeros_like(feats) for c in cou])
         return h + self.strength * add

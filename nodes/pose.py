@@ -15,9 +15,10 @@ from comfy_api.latest import io
 
 from ..models import keypoints as kp
 from ..models.pose_pipeline import MODES, align_video, credible, frame_from_wholebody
-from ..models.skeleton import draw_skeleton
+from ..models.skeleton import CANVAS_SHORT_SIDE, canvas_problem, canvas_size, draw_skeleton
 from . import types
-from .folders import DWPOSE, full_path, list_files
+from .validation import InputError, Node, generation_size_problem, known, verdict
+from .folders import DWPOSE, full_path, input_file, input_file_problem, list_files
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def _save_preview_frames(images: torch.Tensor) -> list[dict]:
     return out
 
 
-class LoadDWPose(io.ComfyNode):
+class LoadDWPose(Node):
     """Loads DWPose's two ONNX models (person detector + whole-body pose) from ComfyUI/models/dwpose."""
 
     @classmethod
@@ -98,7 +99,7 @@ class LoadDWPose(io.ComfyNode):
         return io.NodeOutput(net)
 
 
-class DWPoseExtract(io.ComfyNode):
+class DWPoseExtract(Node):
     """Detects every person in every frame and returns their whole-body keypoints as POSE_KEYPOINT.
 
     Compatible with comfyui_controlnet_aux: its DWPose node can feed the nodes here and the reverse.
@@ -156,7 +157,7 @@ def _load_learnable():
     return load(str(LEARNABLE_CKPT))
 
 
-class PoseAlign(io.ComfyNode):
+class PoseAlign(Node):
     """Fits the driving skeleton to the reference body once for the whole video and applies it to
     every frame, so identity is not lost to a skeleton of the wrong size or place."""
 
@@ -208,8 +209,25 @@ class PoseAlign(io.ComfyNode):
         return io.NodeOutput(value, text, ui=_pose_json_ui(value))
 
 
-class PoseRender(io.ComfyNode):
+def _check_canvases(frames) -> None:
+    """Refuse canvases no person's image has; say when one is drawn smaller than the official canvas."""
+    smaller = []
+    for i, fr in enumerate(frames):
+        problem = canvas_problem(fr.width, fr.height)
+        if problem:
+            raise InputError(f"Render Skeleton: frame {i}: {problem}")
+        if min(canvas_size(fr.width, fr.height)) < CANVAS_SHORT_SIDE:
+            smaller.append(i)
+    if smaller:
+        logger.warning("Render Skeleton: %d frame(s) %s have a canvas over 4:1; they are drawn on a canvas smaller than "
+                       "the official %d px short side, so limbs and joints come out thicker than in StableAnimator's "
+                       "training poses", len(smaller), smaller[:12], CANVAS_SHORT_SIDE)
+
+
+class PoseRender(Node):
     """Draws skeleton images exactly as StableAnimator drew its training poses (PoseNet expects them)."""
+
+    rule_inputs = ('width', 'height')
 
     @classmethod
     def define_schema(cls):
@@ -218,20 +236,26 @@ class PoseRender(io.ComfyNode):
             description=cls.__doc__.strip(),
             inputs=[
                 types.PoseKeypoint.Input("pose_keypoint", tooltip="Usually the output of Pose Align."),
-                io.Int.Input("width", default=512, min=64, max=4096, step=8,
-                             tooltip="Generation width (StableAnimator: 512 or 576)."),
-                io.Int.Input("height", default=512, min=64, max=4096, step=8,
-                             tooltip="Generation height (StableAnimator: 512 or 1024)."),
+                io.Int.Input("width", default=512, min=64, max=2048, step=64,
+                             tooltip="Generation width, a multiple of 64 (StableAnimator: 512 or 576)."),
+                io.Int.Input("height", default=512, min=64, max=2048, step=64,
+                             tooltip="Generation height, a multiple of 64 (StableAnimator: 512 or 1024)."),
             ],
             outputs=[io.Image.Output(display_name="pose_images",
                                      tooltip="One skeleton image per frame at width x height.")],
         )
 
     @classmethod
+    def rules(cls, values):
+        width, height = values.get("width"), values.get("height")
+        return generation_size_problem(width, height) if known(width, height) else None
+
+    @classmethod
     def execute(cls, pose_keypoint, width, height) -> io.NodeOutput:
         from PIL import Image
 
         frames = kp.from_pose_keypoint(pose_keypoint)
+        _check_canvases(frames)
         out = torch.empty(len(frames), height, width, 3)
         pbar = comfy.utils.ProgressBar(len(frames))
         for i, fr in enumerate(frames):
@@ -246,6 +270,10 @@ class PoseRender(io.ComfyNode):
         return io.NodeOutput(out)
 
 
+POSE_JSON = (".json",)
+MAX_POSE_FILE_BYTES = 256 * 1024 * 1024   # a 10-minute 60 fps video of five people is under 100 MB
+
+
 def _json_files() -> list[str]:
     import folder_paths
 
@@ -253,14 +281,36 @@ def _json_files() -> list[str]:
     out = []
     for root, _, files in os.walk(base):
         for f in files:
-            if f.lower().endswith(".json"):
-                out.append(os.path.relpath(os.path.join(root, f), base).replace(os.sep, "/"))
+            name = os.path.relpath(os.path.join(root, f), base).replace(os.sep, "/")
+            if f.lower().endswith(POSE_JSON) and input_file_problem(name, POSE_JSON) is None:
+                out.append(name)
     return sorted(out)
 
 
-class LoadPoseKeypoints(io.ComfyNode):
+def read_pose_json(path: str, name: str):
+    """The parsed file; any reason it cannot be read as keypoints names the file and what to do."""
+    size = os.path.getsize(path)
+    if size > MAX_POSE_FILE_BYTES:
+        raise InputError(f"Load Pose Keypoints: '{name}' is {size / 2**20:.0f} MiB; pose files over "
+                         f"{MAX_POSE_FILE_BYTES // 2**20} MiB are refused. Split the video's keypoints into shorter files.")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except UnicodeDecodeError as exc:
+        raise InputError(f"Load Pose Keypoints: '{name}' is not UTF-8 text (byte {exc.start}); it is not a keypoint "
+                         "JSON file. Save the keypoints with Save Pose Keypoints (or controlnet_aux's).") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"Load Pose Keypoints: '{name}' is not valid JSON: {exc.msg} at line {exc.lineno}, column "
+                         f"{exc.colno}. Fix the file or save it again.") from None
+
+
+class LoadPoseKeypoints(Node):
     """Loads POSE_KEYPOINT from a JSON file in ComfyUI's input folder: the file comfyui_controlnet_aux's
     Save Pose Keypoints writes (or ours), one OpenPose dict per frame."""
+
+    own_checks = ("file",)
+
+    rule_inputs = ('file',)
 
     @classmethod
     def define_schema(cls):
@@ -274,33 +324,30 @@ class LoadPoseKeypoints(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, file):
-        import folder_paths
-
-        if not os.path.isfile(os.path.join(folder_paths.get_input_directory(), file)):
-            return f"Pose keypoint file not found in the input folder: {file}"
-        return True
+    def rules(cls, values):
+        file = values.get("file")
+        problem = None if file is None else input_file_problem(file, POSE_JSON)
+        return f"file: {problem}" if problem else None
 
     @classmethod
-    def fingerprint_inputs(cls, file):
-        import folder_paths
-
-        return os.path.getmtime(os.path.join(folder_paths.get_input_directory(), file))
+    def fingerprint_inputs(cls, file=None):
+        if file is None or input_file_problem(file, POSE_JSON):
+            return float("nan")   # never cached: it is refused when it runs
+        return os.path.getmtime(input_file(file, POSE_JSON))
 
     @classmethod
     def execute(cls, file) -> io.NodeOutput:
-        import folder_paths
-
-        path = os.path.join(folder_paths.get_input_directory(), file)
-        with open(path, encoding="utf-8") as fh:
-            value = json.load(fh)
-        frames = kp.from_pose_keypoint(value)             # validates the structure, with a readable error
+        value = read_pose_json(input_file(file, POSE_JSON), file)
+        try:
+            frames = kp.from_pose_keypoint(value)
+        except kp.PoseFormatError as exc:
+            raise InputError(f"Load Pose Keypoints: '{file}' is not POSE_KEYPOINT JSON: {exc}") from None
         value = value if isinstance(value, list) else [value]
         logger.info("Loaded %d pose frame(s) from %s", len(frames), file)
         return io.NodeOutput(value, ui=_pose_json_ui(value))
 
 
-class SavePoseKeypoints(io.ComfyNode):
+class SavePoseKeypoints(Node):
     """Saves POSE_KEYPOINT as JSON in ComfyUI's output folder, in comfyui_controlnet_aux's format."""
 
     @classmethod
@@ -332,9 +379,11 @@ class SavePoseKeypoints(io.ComfyNode):
                                  "pose_files": [{"filename": file, "subfolder": subfolder, "type": "output"}]})
 
 
-class PoseEdit(io.ComfyNode):
+class PoseEdit(Node):
     """Fix bad joints by hand: drag them in this node's preview (the moves are stored in the edits
     widget, so they are saved with the workflow) and they are applied to the keypoints passing through."""
+
+    rule_inputs = ('edits',)
 
     @classmethod
     def define_schema(cls):
@@ -351,18 +400,37 @@ class PoseEdit(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, edits):
-        try:
-            parsed = json.loads(edits or "{}")
-        except json.JSONDecodeError as exc:
-            return f"edits is not valid JSON ({exc}); clear it to '{{}}' or drag joints in the preview again."
-        return True if isinstance(parsed, dict) else "edits must be a JSON object."
+    def rules(cls, values):
+        edits = values.get("edits")
+        problem = None if edits is None else _edits_problem(edits)
+        return f"edits: {problem}" if problem else None
 
     @classmethod
     def execute(cls, pose_keypoint, edits) -> io.NodeOutput:
-        value = kp.apply_edits(pose_keypoint if isinstance(pose_keypoint, list) else [pose_keypoint], json.loads(edits or "{}"))
+        value = pose_keypoint if isinstance(pose_keypoint, list) else [pose_keypoint]
+        try:
+            value = kp.apply_edits(value, _parse_edits_json(edits))
+        except kp.PoseFormatError as exc:
+            raise InputError(f"Pose Edit: {exc}") from None
         kp.from_pose_keypoint(value)
         return io.NodeOutput(value, ui=_pose_json_ui(value))
+
+
+def _parse_edits_json(edits: str):
+    if not isinstance(edits, str):
+        raise kp.PoseFormatError(f"edits is a {type(edits).__name__}; expected JSON text.")
+    return json.loads(edits) if edits.strip() else {}
+
+
+def _edits_problem(edits) -> str | None:
+    try:
+        kp.parse_edits(_parse_edits_json(edits))
+    except json.JSONDecodeError as exc:
+        return (f"not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); set it to {{}} to clear it, "
+                "or drag the joints in the preview again.")
+    except kp.PoseFormatError as exc:
+        return f"{exc} Set it to {{}} to clear it, or drag the joints in the preview again."
+    return None
 
 
 NODES = [LoadDWPose, DWPoseExtract, PoseAlign, PoseRender, LoadPoseKeypoints, SavePoseKeypoints, PoseEdit]

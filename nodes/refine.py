@@ -21,6 +21,7 @@ from ..models.face_refine import (FRAMINGS, FaceRefiner, RefineSchedule, boxes_f
                                   reference_embedding, reference_target)
 from ..models.samplers import sample_euler, sample_heun_churn
 from . import types
+from .validation import Node, known, verdict
 from .vae_decoder import fresh_decoder
 
 logger = logging.getLogger(__name__)
@@ -69,18 +70,30 @@ class RefineSamplerFunction:
     def __init__(self, sampler: str, opts: dict):
         self.sampler, self.opts = sampler, opts
 
+    def video_problem(self, frames: int, height: int, width: int) -> str | None:
+        """A message when the face masks or landmarks do not fit a video of this size, else None."""
+        o = self.opts
+        masks, marks = o["face_masks"], o["face_landmarks"]
+        if not o["enabled"]:
+            return None
+        if masks.shape[0] != frames or tuple(masks.shape[1:]) != (height, width):
+            return (f"face_masks are {masks.shape[0]} frames of {masks.shape[2]}x{masks.shape[1]} but the video is "
+                    f"{frames} frames of {width}x{height}: build them with Face Boxes from the same poses, at the "
+                    "generation size (Render Skeleton's width and height).")
+        if marks is not None and (len(marks) != frames or (marks.width, marks.height) != (width, height)):
+            return (f"face_landmarks are {len(marks)} frames of {marks.width}x{marks.height} but the video is "
+                    f"{frames} frames of {width}x{height}: take them from the same Face Boxes as the masks.")
+        return None
+
     def build(self, model, x: torch.Tensor) -> FaceRefiner:
         """The refiner for a video latent ``x [frames, 4, h, w]``: checks the face masks and landmarks
         against it, frames the reference and every frame by one rule, builds the gradient decoder."""
         o = self.opts
         frames, height, width = x.shape[0], x.shape[2] * 8, x.shape[3] * 8
+        problem = self.video_problem(frames, height, width)
+        if problem:
+            raise ValueError(f"Face Refine Sampler: {problem}")
         masks, marks = o["face_masks"], o["face_landmarks"]
-        if masks.shape[0] != frames or masks.shape[1:] != (height, width):
-            raise ValueError(f"Face masks are {tuple(masks.shape)} but the video is {frames} frames of "
-                             f"{width}x{height}: build them with Face Boxes at the generation size.")
-        if marks is not None and (len(marks) != frames or (marks.width, marks.height) != (width, height)):
-            raise ValueError(f"Face landmarks are {len(marks)} frames of {marks.width}x{marks.height} but the video is "
-                             f"{frames} frames of {width}x{height}: take them from the same Face Boxes as the masks.")
         framing = o["framing"]
         if marks is None:
             logger.warning("Face refinement: face_landmarks is not connected, so faces are cut from boxes (the "
@@ -120,10 +133,12 @@ class RefineSamplerFunction:
             mm.soft_empty_cache()
 
 
-class FaceRefineSampler(io.ComfyNode):
+class FaceRefineSampler(Node):
     """A SAMPLER with StableAnimator's HJB face refinement: at each step in the window the predicted
     clean video is nudged (Adam) so the ArcFace identity of every frame's face moves towards the
     reference's. Plug it into Animation Sampler or SamplerCustomAdvanced (any SVD-family model)."""
+
+    rule_inputs = ('start_step', 'end_step', 's_tmin', 's_tmax')
 
     @classmethod
     def define_schema(cls):
@@ -176,6 +191,17 @@ class FaceRefineSampler(io.ComfyNode):
             ],
             outputs=[io.Sampler.Output(display_name="sampler", tooltip="For Animation Sampler or SamplerCustomAdvanced.")],
         )
+
+    @classmethod
+    def rules(cls, values):
+        start, end = values.get("start_step"), values.get("end_step")
+        if known(start, end) and start > end:
+            return (f"start_step ({start}) is after end_step ({end}), so no step would be refined. Swap them; "
+                    "to turn refinement off set enabled to false.")
+        low, high = values.get("s_tmin"), values.get("s_tmax")
+        if known(low, high) and low > high:
+            return f"s_tmin ({low}) is above s_tmax ({high}), so churn could never act. Swap them."
+        return None
 
     @classmethod
     def execute(cls, vae, arcface, reference, face, face_masks, enabled, sampler, start_step, end_step, iterations,

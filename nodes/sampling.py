@@ -20,6 +20,7 @@ from comfy_api.latest import io
 
 from ..models.windows import SCHEDULES, fusion_weights, periodic_noise, windows_for_step
 from . import types
+from .validation import InputError, Node, known, verdict
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +116,17 @@ class PeriodicNoise:
         return periodic_noise(latent.shape, self.period, torch.Generator().manual_seed(self.seed)).to(latent.dtype)
 
 
+def window_rules(values) -> str | None:
+    length, overlap = values.get("window_length"), values.get("window_overlap")
+    if known(length, overlap) and overlap >= length:
+        return (f"window_overlap ({overlap}) must be smaller than window_length ({length}): lower "
+                "window_overlap (official: 4 of 16).")
+    low, high = values.get("min_cfg"), values.get("max_cfg")
+    if known(low, high) and low > high:
+        return f"min_cfg ({low}) must not exceed max_cfg ({high}): guidance rises from the first frame to the last."
+    return None
+
+
 _WINDOW_INPUTS = lambda: [
     io.Combo.Input("schedule", options=list(SCHEDULES), default="official",
                    tooltip="official: every window holds frame 0 plus consecutive frames, triangular weights "
@@ -126,9 +138,25 @@ _WINDOW_INPUTS = lambda: [
 ]
 
 
-class AnimationSampler(io.ComfyNode):
+def _check_frames(model, sampler, samples: torch.Tensor) -> None:
+    """Refuse, before sampling, a latent whose frame count or size the poses or face masks do not match."""
+    frames, height, width = samples.shape[0], samples.shape[-2] * 8, samples.shape[-1] * 8
+    patches = model.model_options.get("transformer_options", {}).get("patches", {})
+    for patch in patches.get("input_block_patch", []):
+        problem = getattr(patch, "frame_count_problem", lambda n: None)(frames)
+        if problem:
+            raise InputError(f"Animation Sampler: {problem}")
+    video_problem = getattr(getattr(sampler, "sampler_function", None), "video_problem", None)
+    problem = video_problem(frames, height, width) if video_problem else None
+    if problem:
+        raise InputError(f"Animation Sampler: {problem}")
+
+
+class AnimationSampler(Node):
     """StableAnimator's sampler: Euler on SVD's Karras/v-prediction schedule (sigma 700 -> 0.002),
     per-frame linear CFG, sliding windows for any length, and one window of noise repeated along time."""
+
+    rule_inputs = ('window_length', 'window_overlap', 'min_cfg', 'max_cfg')
 
     @classmethod
     def define_schema(cls):
@@ -155,18 +183,15 @@ class AnimationSampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, window_length, window_overlap, min_cfg, max_cfg, **kwargs):
-        if window_overlap >= window_length:
-            return f"window_overlap ({window_overlap}) must be smaller than window_length ({window_length})."
-        if min_cfg > max_cfg:
-            return f"min_cfg ({min_cfg}) must not exceed max_cfg ({max_cfg})."
-        return True
+    def rules(cls, values):
+        return window_rules(values)
 
     @classmethod
     def execute(cls, model, positive, negative, latent, seed, steps, min_cfg, max_cfg, schedule, window_length,
                 window_overlap, shift, wrap, sampler=None) -> io.NodeOutput:
-        m = with_windows(model, schedule, window_length, window_overlap, shift, seed, wrap, min_cfg, max_cfg)
         samples = latent["samples"]
+        _check_frames(model, sampler, samples)
+        m = with_windows(model, schedule, window_length, window_overlap, shift, seed, wrap, min_cfg, max_cfg)
         noise = PeriodicNoise(seed, window_length).generate_noise(latent)
         sigmas = official_sigmas(steps)
         callback = latent_preview.prepare_callback(m, steps)
@@ -176,8 +201,10 @@ class AnimationSampler(io.ComfyNode):
         return io.NodeOutput({"samples": out.to(mm.intermediate_device())})
 
 
-class AnimationWindows(io.ComfyNode):
+class AnimationWindows(Node):
     """For ComfyUI's custom-sampling nodes: puts the sliding windows and per-frame CFG on a model."""
+
+    rule_inputs = ('window_length', 'window_overlap', 'min_cfg', 'max_cfg')
 
     @classmethod
     def define_schema(cls):
@@ -196,11 +223,15 @@ class AnimationWindows(io.ComfyNode):
         )
 
     @classmethod
+    def rules(cls, values):
+        return window_rules(values)
+
+    @classmethod
     def execute(cls, model, min_cfg, max_cfg, seed, schedule, window_length, window_overlap, shift, wrap) -> io.NodeOutput:
         return io.NodeOutput(with_windows(model, schedule, window_length, window_overlap, shift, seed, wrap, min_cfg, max_cfg))
 
 
-class AnimationSigmas(io.ComfyNode):
+class AnimationSigmas(Node):
     """SIGMAS of StableAnimator's schedule (SVD-xt Euler with Karras sigmas, 700 -> 0.002)."""
 
     @classmethod
@@ -217,7 +248,7 @@ class AnimationSigmas(io.ComfyNode):
         return io.NodeOutput(official_sigmas(steps))
 
 
-class AnimationNoise(io.ComfyNode):
+class AnimationNoise(Node):
     """NOISE with one window of noise repeated along time, as StableAnimator initialises long videos."""
 
     @classmethod

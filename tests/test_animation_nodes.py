@@ -162,7 +162,7 @@ def test_pose_features_follow_an_anchored_window():
     del window.causal_anchor_index
     out = patch(torch.zeros(32, 2, 3, 3), opts)
     assert out[:16, 0, 0, 0].tolist() == list(range(4, 20))
-    with pytest.raises(RuntimeError, match="cover 16 frames but the model runs 17"):
+    with pytest.raises(ValueError, match="cover 16 frames but the model runs 17"):
         patch(torch.zeros(34, 2, 3, 3), opts)
 
 

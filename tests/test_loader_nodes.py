@@ -64,8 +64,11 @@ def test_loaders_refuse_files_of_another_kind(comfy_folders):
         run(loaders.LoadFaceEncoder, face_encoder_name="unet.pth", weight_dtype="fp32")
     with pytest.raises(CheckpointError, match="Not an ArcFace"):
         run(loaders.LoadArcFace, glintr100_name="pose_net.pth")
-    with pytest.raises(FileNotFoundError, match="not in the 'stableanimator' model folder"):
+    # refused as a choice the list does not offer, before any file is looked up
+    with pytest.raises(ValueError, match="pose_net_name is 'absent.pth', which is not one of its choices"):
         run(loaders.LoadPoseNet, pose_net_name="absent.pth")
+    with pytest.raises(ValueError, match="not one of its choices"):
+        run(loaders.LoadPoseNet, pose_net_name="../../../etc/passwd")
 
 
 def test_loader_prefers_the_converted_safetensors(comfy_folders, caplog):

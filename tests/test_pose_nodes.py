@@ -38,7 +38,7 @@ def test_faint_points_reach_the_rendered_skeleton():
     ref = to_pose_keypoint([PoseFrame(2160, 3240, [Person(body=xy, body_score=sc)])])
     drv = to_pose_keypoint([PoseFrame(2160, 3240, [faint_person()])] * 2)
     aligned, _ = nodes_pose.PoseAlign.execute(ref, drv, "official", False, 8, 0, 0).result
-    (img,) = nodes_pose.PoseRender.execute(aligned, 2160, 3240).result
+    (img,) = nodes_pose.PoseRender.execute(aligned, 1088, 1664).result
     p = faint_person()
-    x, y = int(p.hand_left[20, 0] * 2160), int(p.hand_left[20, 1] * 3240)
+    x, y = int(p.hand_left[20, 0] * 1088), int(p.hand_left[20, 1] * 1664)
     np.testing.assert_allclose(img[0, y, x].numpy() * 255, [0, 0, int(0.25 * 255)], atol=1e-3)

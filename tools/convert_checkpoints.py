@@ -1,6 +1,8 @@
 """`make convert FILES="a.pth b.pth"`: write each official .pth as .safetensors beside it.
 
-The loaders prefer the .safetensors twin: it needs no unpickling and maps lazily.
+The loaders prefer the .safetensors twin: it needs no unpickling and maps lazily. The twin records the
+.pth's size, modification time and a hash of its first and last MiB; once the .pth is replaced, the
+loaders warn and load the .pth instead until the twin is converted again (run this once more).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ def _checkpoint_module():
     # load models/checkpoint.py by path: the pack folder need not be an importable name
     spec = importlib.util.spec_from_file_location("ida_checkpoint", ROOT / "models" / "checkpoint.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # registered before it runs, as Python's own imports do
     spec.loader.exec_module(mod)
     return mod
 
