@@ -15,7 +15,7 @@ from ..models import keypoints as kp
 from ..models.face import (COLOR_ORDERS, FaceAnalyzer, FaceConditioning, FaceLandmarks, box_mask, clip_pixels,
                            face_box, find_insightface_root, five_points, pack_fingerprint)
 from . import types
-from .validation import Node, generation_size_problem, known, verdict
+from .validation import InputError, Node, generation_size_problem, known, memory_problem, verdict
 from .folders import INSIGHTFACE
 
 logger = logging.getLogger(__name__)
@@ -185,6 +185,10 @@ class FaceBoxes(Node):
     @classmethod
     def execute(cls, pose_keypoint, width, height, margin, person) -> io.NodeOutput:
         frames = kp.from_pose_keypoint(pose_keypoint)
+        problem = memory_problem(f"{len(frames)} face masks of {width}x{height}", len(frames) * height * width * 4,
+                                 "Process fewer frames at a time (split the driving video) or lower width and height.")
+        if problem:
+            raise InputError(f"Face Boxes: {problem}")
         masks = torch.zeros(len(frames), height, width)
         points = []
         empty = unaligned = 0

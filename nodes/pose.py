@@ -17,7 +17,7 @@ from ..models import keypoints as kp
 from ..models.pose_pipeline import MODES, align_video, credible, frame_from_wholebody
 from ..models.skeleton import CANVAS_SHORT_SIDE, canvas_problem, canvas_size, draw_skeleton
 from . import types
-from .validation import InputError, Node, generation_size_problem, known, verdict
+from .validation import InputError, Node, generation_size_problem, known, memory_problem, verdict
 from .folders import DWPOSE, full_path, input_file, input_file_problem, list_files
 
 logger = logging.getLogger(__name__)
@@ -256,6 +256,10 @@ class PoseRender(Node):
 
         frames = kp.from_pose_keypoint(pose_keypoint)
         _check_canvases(frames)
+        problem = memory_problem(f"{len(frames)} skeleton images of {width}x{height}", len(frames) * height * width * 3 * 4,
+                                 "Render fewer frames at a time (split the driving video) or lower width and height.")
+        if problem:
+            raise InputError(f"Render Skeleton: {problem}")
         out = torch.empty(len(frames), height, width, 3)
         pbar = comfy.utils.ProgressBar(len(frames))
         for i, fr in enumerate(frames):

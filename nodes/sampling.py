@@ -140,6 +140,9 @@ _WINDOW_INPUTS = lambda: [
 
 def _check_frames(model, sampler, samples: torch.Tensor) -> None:
     """Refuse, before sampling, a latent whose frame count or size the poses or face masks do not match."""
+    if samples.ndim != 4 or samples.shape[1] != 4:
+        raise InputError(f"Animation Sampler: latent is {list(samples.shape)}, not an SVD video latent [frames, 4, "
+                         "height/8, width/8]. Take it from Animation Conditioning (or SVD_img2vid_Conditioning).")
     frames, height, width = samples.shape[0], samples.shape[-2] * 8, samples.shape[-1] * 8
     patches = model.model_options.get("transformer_options", {}).get("patches", {})
     for patch in patches.get("input_block_patch", []):

@@ -169,3 +169,15 @@ def generation_size_problem(width: int, height: int) -> str | None:
                 f"{MAX_GENERATION_PIXELS / 1e6:.2f} MP (four times StableAnimator's largest training size, 576x1024). "
                 "Lower width and height in Render Skeleton; upscale the video afterwards instead.")
     return None
+
+
+def memory_problem(what: str, nbytes: int, fix: str) -> str | None:
+    """A message when making ``nbytes`` at once would take more than half the memory free now: such an
+    allocation gets the server killed by the system (every queued prompt lost), so it is refused."""
+    import psutil   # a ComfyUI requirement
+
+    free = psutil.virtual_memory().available
+    if nbytes <= free // 2:
+        return None
+    return (f"{what} would take {nbytes / 2**30:.1f} GiB at once, more than half of the {free / 2**30:.1f} GiB of "
+            f"memory free now. {fix}")

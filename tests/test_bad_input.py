@@ -288,3 +288,36 @@ def test_model_names_outside_the_model_folders_are_refused(server, node, name, v
     prompt[node]["inputs"][name] = value
     text, errors = refused(server, prompt)
     assert list(errors) == [node] and f"{name} is '{value}', which is not one of its choices" in text
+
+
+# ---- 2. outputs that would not fit in memory -------------------------------------------------------
+
+def test_a_render_that_would_not_fit_in_memory_is_refused(monkeypatch):
+    """Thousands of frames at the largest size would be tens of GiB of images: refused, named, before
+    any is drawn (free memory is made small here so the test needs none)."""
+    import psutil
+
+    from identity_animator.nodes.face import FaceBoxes
+    from identity_animator.nodes.pose import PoseRender
+    from identity_animator.nodes.validation import InputError
+
+    class Small:
+        available = 64 * 2**20
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Small())
+    poses = [CN_AUX_FRAME] * 40
+    with pytest.raises(InputError, match=r"Render Skeleton: 40 skeleton images of 512x512 would take 0\.1 GiB"):
+        PoseRender.execute(poses, 512, 512)
+    with pytest.raises(InputError, match="Face Boxes: 40 face masks of 512x512"):
+        FaceBoxes.execute(poses, 512, 512, 0.1, 0)
+    assert PoseRender.execute(poses[:2], 64, 64).result[0].shape == (2, 64, 64, 3)
+
+
+def test_a_latent_that_is_not_a_video_latent_is_named():
+    from identity_animator.nodes.sampling import _check_frames
+    from identity_animator.nodes.validation import InputError
+
+    import torch
+
+    with pytest.raises(InputError, match=r"latent is \[2, 16, 8, 8\], not an SVD video latent"):
+        _check_frames(None, None, torch.zeros(2, 16, 8, 8))

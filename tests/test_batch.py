@@ -35,7 +35,7 @@ def job_files(server, tmp_path):
     jobs_dir.mkdir()
     shutil.copy(server.base_dir / "input" / "face_reference.png", jobs_dir / "person.png")
     shutil.copy(server.base_dir / "input" / "driving.mp4", jobs_dir / "dance.mp4")
-    rows = [{"name": f"job{i}", "reference": "person.png", "driving": "dance.mp4", "seed": i, "18.steps": 2} for i in range(4)]
+    rows = [{"name": f"job{i}", "reference": "person.png", "driving": "dance.mp4", "seed": i, "18.steps": 1} for i in range(4)]
     with open(jobs_dir / "jobs.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()

@@ -49,9 +49,9 @@ def test_refinement_through_the_svd_decoder_lowers_the_loss(vae, arcface):
     with torch.no_grad():
         ref = arcface(face_crops(dec(target).clamp(-1, 1), boxes[:1], [(0, 0)]))
     x0 = torch.randn(3, 4, 8, 8, generator=g) * 0.18215
-    refiner = FaceRefiner(dec, arcface, ref, boxes, RefineSchedule(0, 20, 4, 0.05), margin=16, chunk=2)
+    refiner = FaceRefiner(dec, arcface, ref, boxes, RefineSchedule(0, 20, 2, 0.05), margin=16, chunk=2)
     x = x0
-    for step in range(3):
+    for step in range(2):
         x = refiner(x, step, 25)
     assert torch.equal(x[1], x0[1])                          # no face box: untouched
     faces = [0, 2]
@@ -114,5 +114,5 @@ def test_node_frames_faces_by_the_landmarks_and_falls_back_to_boxes(vae, arcface
         boxes = sampler_opts(vae, arcface, landmarks=False).build(FAKE_MODEL, x)
     assert "face_landmarks is not connected" in caplog.text
     assert boxes.targets[0].matrix is None and boxes.targets[0].box == (12, 10, 42, 45)
-    with pytest.raises(ValueError, match="Face landmarks are 3 frames of 72x64 but the video is 3 frames of 64x64"):
+    with pytest.raises(ValueError, match="face_landmarks are 3 frames of 72x64 but the video is 3 frames of 64x64"):
         sampler_opts(vae, arcface, size=(72, 64)).build(FAKE_MODEL, x)
