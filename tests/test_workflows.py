@@ -93,8 +93,15 @@ def tiny(prompt: dict) -> dict:
     return prompt
 
 
-@pytest.mark.parametrize("path", API, ids=lambda p: p.name)
+REFINE = "animate_face_refine.json"   # also in the compat smoke subset: the whole animation with refinement
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.compat) if p.name == REFINE else p for p in API],
+                         ids=lambda p: p.name)
 def test_api_workflow_runs_with_tiny_weights(path, server):
     result = server.client.run(tiny(json.loads(path.read_text())), timeout=600)
     assert result.status == "success", (path.name, result.error)
     assert result.outputs, f"{path.name} produced no output"
+    if path.name == REFINE:
+        assert "Face refinement step 0/2: identity similarity" in server.log()
+        assert len(result.outputs["20"]["images"]) == 1
