@@ -72,12 +72,18 @@ def _display(cls) -> str:
     return cls.define_schema().display_name or cls.__name__
 
 
-def verdict(cls, **values) -> bool | str:
-    """For ``validate_inputs``: True, or one message for all of the node's problems."""
+def _problems(cls, values: Mapping) -> list[str]:
+    """Declared ranges and options first; the rules only on values that passed them."""
     problems = declared_problems(cls, values)
     if not problems:
         rule = cls.rules(values)
         problems = [rule] if rule else []
+    return problems
+
+
+def verdict(cls, **values) -> bool | str:
+    """For ``validate_inputs``: True, or one message for all of the node's problems."""
+    problems = _problems(cls, values)
     return True if not problems else " ".join(problems)
 
 
@@ -88,9 +94,7 @@ def _checked_execute(execute):
     def run(cls, *args, **kwargs):
         values = signature.bind(cls, *args, **kwargs).arguments
         values.pop(next(iter(signature.parameters)))
-        problems = declared_problems(cls, values)
-        rule = None if problems else cls.rules(values)
-        problems += [rule] if rule else []
+        problems = _problems(cls, values)
         if problems:
             raise InputError(f"{_display(cls)}: " + " ".join(problems))
         return execute(cls, *args, **kwargs)
