@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import catalog
 from .model_files import onnx_load_message
 
 logger = logging.getLogger(__name__)
@@ -64,9 +65,11 @@ def find_insightface_root(roots: list[str]) -> str:
                 f"Found antelopev2 models in {flat}, but insightface reads {pack}. Move the folder to "
                 f"{os.path.join(root, 'models')}/ so the files are in {pack}.")
     expected = " or ".join(os.path.join(r, "models", PACK_NAME) for r in roots) or "ComfyUI/models/insightface/models/antelopev2"
+    files = [m for m in catalog.MODELS if m.folder == "insightface"]
     raise FaceSetupError(
-        f"antelopev2 face models not found. Put scrfd_10g_bnkps.onnx and glintr100.onnx (the insightface "
-        f"antelopev2 pack) in {expected}.")
+        f"antelopev2 face models not found. Put the insightface antelopev2 pack ({', '.join(m.name.rsplit('/', 1)[-1] for m in files)}) "
+        f"in {expected}. Download each from {files[0].page} (for example {files[0].url()}) or run "
+        "`python custom_nodes/comfyui-identity-animator/tools/models.py download insightface`, then run the prompt again.")
 
 
 def pack_fingerprint(roots: list[str]) -> tuple:

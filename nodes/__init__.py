@@ -6,9 +6,9 @@ from .folders import register_model_folders
 
 class IdentityAnimatorExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        from . import animation, decode, face, loaders, pose, refine, sampling
+        from . import animation, decode, face, inputs, loaders, pose, refine, sampling
 
-        return [*loaders.NODES, *pose.NODES, *face.NODES, *animation.NODES, *sampling.NODES, *refine.NODES,
+        return [*inputs.NODES, *loaders.NODES, *pose.NODES, *face.NODES, *animation.NODES, *sampling.NODES, *refine.NODES,
                 *decode.NODES]
 
 

@@ -60,6 +60,17 @@ def decode_chunks(decode, samples: torch.Tensor, chunk: int) -> torch.Tensor:
     return torch.cat(frames)
 
 
+def _fit_audio(audio, frames: int, rate: Fraction):
+    """``audio`` cut (or padded with silence) to the video's length; None for no sound."""
+    if not audio or audio["waveform"].shape[-1] == 0:
+        return None
+    wave, sample_rate = audio["waveform"], int(audio["sample_rate"])
+    length = round(frames / rate * sample_rate)
+    if wave.shape[-1] < length:
+        wave = torch.nn.functional.pad(wave, (0, length - wave.shape[-1]))
+    return {"waveform": wave[..., :length].contiguous(), "sample_rate": sample_rate}
+
+
 class AnimationDecode(Node):
     """Decodes the animation latent with SVD's temporal VAE decoder, a few frames at a time."""
 
@@ -78,7 +89,12 @@ class AnimationDecode(Node):
                 io.Boolean.Input("decode_on_cpu", default=False,
                                  tooltip="Decode on the CPU (slow) when the GPU has no room for the temporal decoder, "
                                  "e.g. 576x1024 on 8-12 GB cards."),
-                io.Float.Input("fps", default=8.0, min=1.0, max=120.0, step=1.0, tooltip="Frame rate of the VIDEO output."),
+                io.Float.Input("fps", default=8.0, min=0.1, max=240.0, step=0.5,
+                               tooltip="How fast the saved video plays. Connect Driving Video Frames' fps so the dance "
+                               "keeps its timing; typed here, it is used as it is."),
+                io.Audio.Input("audio", optional=True,
+                               tooltip="Sound for the saved video: connect Driving Video Frames' audio. Cut to the "
+                               "animation's length."),
             ],
             outputs=[
                 io.Image.Output(display_name="images", tooltip="The frames."),
@@ -87,14 +103,15 @@ class AnimationDecode(Node):
         )
 
     @classmethod
-    def execute(cls, vae, latent, chunk_size, decode_on_cpu, fps) -> io.NodeOutput:
+    def execute(cls, vae, latent, chunk_size, decode_on_cpu, fps, audio=None) -> io.NodeOutput:
         samples = latent["samples"]
         decode = _decode_on_cpu(vae) if decode_on_cpu else vae.decode
         frames = decode_chunks(decode, samples, chunk_size)
         if frames.ndim == 5:   # video VAEs may return [B, T, H, W, C]
             frames = frames.flatten(0, 1)
-        video = InputImpl.VideoFromComponents(Types.VideoComponents(images=frames, audio=None,
-                                                                    frame_rate=Fraction(fps).limit_denominator(1000)))
+        rate = Fraction(fps).limit_denominator(1001)
+        video = InputImpl.VideoFromComponents(Types.VideoComponents(images=frames, audio=_fit_audio(audio, frames.shape[0], rate),
+                                                                    frame_rate=rate))
         return io.NodeOutput(frames, video)
 
 

@@ -6,6 +6,8 @@ import os
 
 import folder_paths
 
+from ..models import catalog
+
 logger = logging.getLogger(__name__)
 
 STABLEANIMATOR = "stableanimator"
@@ -45,14 +47,23 @@ def list_files(folder: str, suffixes: tuple[str, ...] | None = None) -> list[str
     return names
 
 
-def full_path(folder: str, name: str) -> str:
+PACK_DIR = os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def missing_model_message(folder: str, name, official: catalog.ModelFile | None) -> str:
+    """Why ``name`` cannot be loaded from ``folder``, with where the official file comes from."""
+    searched = ", ".join(folder_paths.get_folder_paths(folder)) or f"ComfyUI/models/{folder}"
+    if official is None:
+        return (f"'{name}' is not in the '{folder}' model folder (searched: {searched}). Put the file there and "
+                "press R in ComfyUI to refresh the lists.")
+    other = "" if name in (official.name, None) else f" ('{name}' is not there either.)"
+    return f"{official.name} was not found. {official.where_to_get(searched, PACK_DIR)}{other}"
+
+
+def full_path(folder: str, name: str, official: catalog.ModelFile | None = None) -> str:
     path = folder_paths.get_full_path(folder, name)
     if path is None:
-        searched = ", ".join(folder_paths.get_folder_paths(folder))
-        raise FileNotFoundError(
-            f"'{name}' is not in the '{folder}' model folder (searched: {searched}). "
-            f"Put the file there (see the README's Models section) and refresh the node list."
-        )
+        raise FileNotFoundError(missing_model_message(folder, name, official or catalog.by_name(name)))
     return path
 
 

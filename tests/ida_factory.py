@@ -233,20 +233,45 @@ def cached_svd_xt(cache_dir) -> Path:
     return write_svd_xt(Path(cache_dir) / f"svd_xt_random_v{FACTORY_VERSION}.safetensors")
 
 
-def write_video(path, frames, fps: int = 8) -> Path:
-    """``frames [F, H, W, 3]`` uint8 -> an MPEG-4 file ComfyUI's Load Video reads."""
+def write_video(path, frames, fps: int = 8, audio_rate: int | None = None) -> Path:
+    """``frames [F, H, W, 3]`` uint8 -> an MPEG-4 file ComfyUI's Load Video reads.
+
+    With ``audio_rate``, an AAC stereo track of the video's length: a 440 Hz tone whose amplitude rises
+    linearly from 0 to 0.8, so a cut of the sound can be located by its loudness (see ``ramp_amplitude``).
+    """
     import av
+    import numpy as np
 
     path = Path(path)
     with av.open(str(path), "w") as out:
         stream = out.add_stream("mpeg4", rate=fps)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.bit_rate = 20_000_000   # near-lossless for these small frames, so tests can read marks back
+        sound = out.add_stream("aac", rate=audio_rate, layout="stereo") if audio_rate else None
         for f in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
+        if sound is not None:
+            duration = len(frames) / fps
+            t = np.arange(int(duration * audio_rate)) / audio_rate
+            wave = (ramp_amplitude(t, duration) * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+            block = 1024
+            for i in range(0, len(wave), block):
+                part = np.ascontiguousarray(np.stack([wave[i:i + block]] * 2))
+                frame = av.AudioFrame.from_ndarray(part, format="fltp", layout="stereo")
+                frame.sample_rate, frame.pts = audio_rate, i
+                for packet in sound.encode(frame):
+                    out.mux(packet)
+            for packet in sound.encode():
+                out.mux(packet)
     return path
+
+
+def ramp_amplitude(t, duration: float):
+    """The tone's amplitude at time ``t`` (seconds) in a clip of ``duration`` seconds."""
+    return 0.8 * t / duration
 
 
 def driving_frames(count: int = 20, size=(96, 128)):

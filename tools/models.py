@@ -3,7 +3,7 @@ and licences; what is present; and downloads from the official Hugging Face repo
 
   python tools/models.py list              # table: file, folder, size, licence, nodes, status
   python tools/models.py check             # exit 1 if a file is missing or has the wrong size
-  python tools/models.py download --all    # or: download unet.pth pose_net.pth ...
+  python tools/models.py download --all    # or: download unet.pth pose_net.pth ... (or a folder: insightface)
 
 --comfyui DIR picks the ComfyUI folder (default: $COMFYUI_DIR or .host/ComfyUI). Downloads resume from
 a .part file, are checked against the expected size where it is known, and come from
@@ -16,42 +16,24 @@ import os
 import sys
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SA_REPO = "FrancisRing/StableAnimator"
-SA_LICENCE = "MIT (StableAnimator repository; the model card says Apache-2.0)"
-INSIGHTFACE_LICENCE = "insightface models: non-commercial research use only"
-DWPOSE_LICENCE = "DWPose: Apache-2.0 code; models carry the OpenPose (CMU) non-commercial notice"
-SVD_LICENCE = "Stability AI Community License (SVD-xt)"
 
 
-@dataclass(frozen=True)
-class ModelFile:
-    name: str          # path under the folder
-    folder: str        # under ComfyUI/models
-    repo: str
-    path: str          # path in the repository
-    size: int | None   # bytes, where the official file size is known
-    licence: str
-    nodes: tuple[str, ...]
+def _catalog():
+    """The pack's model list (models/catalog.py), read by path: importing the package would need torch."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ida_catalog", ROOT / "models" / "catalog.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module   # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
 
 
-MODELS = [
-    ModelFile("unet.pth", "stableanimator", SA_REPO, "Animation/unet.pth", 6_201_376_518, SA_LICENCE, ("IDA_LoadAnimationUNet",)),
-    ModelFile("pose_net.pth", "stableanimator", SA_REPO, "Animation/pose_net.pth", 829_269, SA_LICENCE, ("IDA_LoadPoseNet",)),
-    ModelFile("face_encoder.pth", "stableanimator", SA_REPO, "Animation/face_encoder.pth", 228_754_558, SA_LICENCE, ("IDA_LoadFaceEncoder",)),
-    ModelFile("glintr100_torch.pth", "stableanimator", SA_REPO, "Animation/glintr100_torch.pth", None,
-              INSIGHTFACE_LICENCE + " (ArcFace glintr100)", ("IDA_LoadArcFace",)),
-    ModelFile("svd_xt.safetensors", "checkpoints", SA_REPO, "stable-video-diffusion-img2vid-xt/svd_xt.safetensors", None,
-              SVD_LICENCE, ("IDA_LoadSVDBase",)),
-    ModelFile("yolox_l.onnx", "dwpose", SA_REPO, "DWPose/yolox_l.onnx", None, DWPOSE_LICENCE, ("IDA_LoadDWPose",)),
-    ModelFile("dw-ll_ucoco_384.onnx", "dwpose", SA_REPO, "DWPose/dw-ll_ucoco_384.onnx", None, DWPOSE_LICENCE, ("IDA_LoadDWPose",)),
-    *[ModelFile(f"models/antelopev2/{n}.onnx", "insightface", SA_REPO, f"models/antelopev2/{n}.onnx", None,
-                INSIGHTFACE_LICENCE, ("IDA_LoadFaceAnalysis",))
-      for n in ("scrfd_10g_bnkps", "glintr100", "2d106det", "1k3d68", "genderage")],
-]
+_CAT = _catalog()
+ModelFile, MODELS = _CAT.ModelFile, _CAT.MODELS
 
 
 def human(n: int | None) -> str:
@@ -95,7 +77,7 @@ def download(m: ModelFile, models_dir: Path, endpoint: str, chunk: int = 1 << 20
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.exists() else 0
-    url = f"{endpoint.rstrip('/')}/{m.repo}/resolve/main/{m.path}"
+    url = m.url(endpoint)
     req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     token = os.environ.get("HF_TOKEN")
     if token:
@@ -129,8 +111,9 @@ def download(m: ModelFile, models_dir: Path, endpoint: str, chunk: int = 1 << 20
 
 
 def cmd_download(models_dir: Path, names: list[str], all_: bool, endpoint: str) -> int:
-    wanted = MODELS if all_ else [m for m in MODELS if m.name in names or Path(m.name).name in names]
-    unknown = set(names) - {m.name for m in MODELS} - {Path(m.name).name for m in MODELS}
+    # a folder name (insightface, dwpose, ...) stands for every file that goes there
+    wanted = MODELS if all_ else [m for m in MODELS if m.name in names or Path(m.name).name in names or m.folder in names]
+    unknown = set(names) - {m.name for m in MODELS} - {Path(m.name).name for m in MODELS} - {m.folder for m in MODELS}
     if unknown or not wanted:
         print(f"Unknown model file(s): {sorted(unknown) or names}. `list` shows the names.")
         return 2
