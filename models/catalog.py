@@ -40,10 +40,10 @@ class ModelFile:
     def download_command(self, pack: str = "comfyui-identity-animator") -> str:
         return DOWNLOAD_COMMAND.format(pack=pack, file=self.name.rsplit("/", 1)[-1])
 
-    def where_to_get(self, searched: str, pack: str = "comfyui-identity-animator") -> str:
-        """The sentence every "not found" message ends with: folder, address and command."""
-        return (f"Put {self.name} in ComfyUI/models/{self.folder}/ (searched: {searched}). Download it from "
-                f"{self.url()} or run `{self.download_command(pack)}`, then press R in ComfyUI to refresh the lists.")
+    def where_to_get(self, pack: str = "comfyui-identity-animator") -> str:
+        """How to get the official file: its address and the download command."""
+        return (f"Download it from {self.url()} or run `{self.download_command(pack)}`, then press R in ComfyUI to "
+                "refresh the lists.")
 
     def frontend_entry(self) -> dict:
         """What ComfyUI's frontend reads from a node's ``properties.models`` for its missing-models dialog."""

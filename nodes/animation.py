@@ -12,6 +12,7 @@ from comfy_api.latest import io
 
 from .patches import IDAttentionPatch, PoseResidualPatch, temporal_block_marks
 from . import types
+from .feedback import show_on_node
 from .validation import Node, generation_size_problem, known, verdict
 
 logger = logging.getLogger(__name__)
@@ -44,21 +45,31 @@ class ApplyStableAnimator(Node):
             node_id="IDA_ApplyStableAnimator", display_name="Apply StableAnimator", category=types.CAT_ANIMATION,
             description=cls.__doc__.strip(),
             inputs=[
-                io.Model.Input("model", tooltip="From Load Animation UNet. It is cloned, never changed."),
-                types.IDAdapter.Input("id_adapter", tooltip="From Load Animation UNet."),
-                types.FaceConditioning.Input("face_conditioning", tooltip="From Face Encode."),
-                types.PoseNet.Input("pose_net", tooltip="From Load PoseNet."),
-                io.Image.Input("pose_images", tooltip="Skeleton images at generation size, one per frame (Render Skeleton)."),
+                io.Model.Input("model", tooltip="The animation model, from Load Animation UNet. It is cloned, never "
+                               "changed."),
+                types.IDAdapter.Input("id_adapter", tooltip="What keeps the reference's face in the frames, from Load "
+                                      "Animation UNet."),
+                types.FaceConditioning.Input("face_conditioning", tooltip="The reference's identity, from Face "
+                                             "Encode."),
+                types.PoseNet.Input("pose_net", tooltip="What makes the body follow the skeletons, from Load PoseNet."),
+                io.Image.Input("pose_images", tooltip="The skeletons the body follows: skeleton images at generation "
+                               "size, one per frame (Render Skeleton)."),
                 io.Float.Input("id_strength", default=1.0, min=0.0, max=3.0, step=0.05,
-                               tooltip="Weight of the face branch (official: 1.0). 0 turns the ID adapter off."),
+                               tooltip="Higher pushes the face harder towards the reference's, lower lets it drift; "
+                               "the model was trained at 1.0. Weight of the face branch (official: 1.0). 0 turns the "
+                               "ID adapter off."),
                 io.Float.Input("pose_strength", default=1.0, min=0.0, max=3.0, step=0.05,
-                               tooltip="Weight of the PoseNet features (official: 1.0)."),
+                               tooltip="Higher makes the body follow the skeletons more strictly, lower loosens it; "
+                               "the model was trained at 1.0. Weight of the PoseNet features (official: 1.0)."),
                 io.Float.Input("id_start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="Start of the sampling range where the ID adapter acts (0 = first step)."),
+                               tooltip="Raise it to let the first, layout-forming steps run without the face branch. "
+                               "Start of the sampling range where the ID adapter acts (0 = first step)."),
                 io.Float.Input("id_end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="End of that range (1 = last step)."),
+                               tooltip="Lower it to let the last, detail-forming steps run without the face branch. "
+                               "End of that range (1 = last step)."),
             ],
-            outputs=[io.Model.Output(display_name="model", tooltip="The patched copy.")],
+            outputs=[io.Model.Output(display_name="model", tooltip="The animation model steered by the face and the "
+                                     "skeletons, for Animation Sampler: the patched copy.")],
         )
 
     @classmethod
@@ -115,21 +126,34 @@ class AnimationConditioning(Node):
             node_id="IDA_AnimationConditioning", display_name="Animation Conditioning", category=types.CAT_ANIMATION,
             description=cls.__doc__.strip(),
             inputs=[
-                io.Vae.Input("vae", tooltip="SVD-xt VAE."),
-                io.Image.Input("image", tooltip="The reference image (first of the batch)."),
-                types.FaceConditioning.Input("face_conditioning", tooltip="From Face Encode (its CLIP token is used here)."),
-                io.Image.Input("pose_images", tooltip="The skeleton images (Render Skeleton): their size is the generation "
-                               "size and their count the number of frames."),
-                io.Int.Input("fps", default=7, min=1, max=60, tooltip="Frame-rate conditioning (official: 7; the model sees fps-1)."),
-                io.Int.Input("motion_bucket_id", default=127, min=1, max=1023, tooltip="Motion amount conditioning (official: 127)."),
+                io.Vae.Input("vae", tooltip="Encodes the reference picture for the model: SVD-xt VAE."),
+                io.Image.Input("image", tooltip="The reference picture every frame is made from (the first of the "
+                               "batch)."),
+                types.FaceConditioning.Input("face_conditioning", tooltip="The reference's look, from Face Encode (its "
+                                             "CLIP token is used here)."),
+                io.Image.Input("pose_images", tooltip="Set the animation's size and length: the skeleton images "
+                               "(Render Skeleton); their size is the generation size and their count the number of "
+                               "frames."),
+                io.Int.Input("fps", default=7, min=1, max=60, tooltip="The frame rate the model is told it draws for; "
+                             "keep 7 unless experimenting (the saved video's speed is Animation Decode's fps). "
+                             "Frame-rate conditioning (official: 7; the model sees fps-1)."),
+                io.Int.Input("motion_bucket_id", default=127, min=1, max=1023, tooltip="How much movement the model is "
+                             "asked for: higher asks for more, lower for less. Motion amount conditioning (official: "
+                             "127)."),
                 io.Float.Input("noise_aug_strength", default=0.02, min=0.0, max=1.0, step=0.01,
-                               tooltip="Noise added to the reference before encoding, in [-1,1] units (official: 0.02)."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, tooltip="Seed of that noise."),
+                               tooltip="More noise makes the frames stick less closely to the reference picture; less "
+                               "keeps them closer. Noise added to the reference before encoding, in [-1,1] units "
+                               "(official: 0.02)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, tooltip="Changes the noise added to the "
+                             "reference (noise_aug_strength), so the result changes slightly. Seed of that noise."),
             ],
             outputs=[
-                io.Conditioning.Output(display_name="positive", tooltip="CLIP token, reference latent, fps/motion/augmentation."),
-                io.Conditioning.Output(display_name="negative", tooltip="All zeros, as the official unconditional pass."),
-                io.Latent.Output(display_name="latent", tooltip="Empty latent, one frame per pose image."),
+                io.Conditioning.Output(display_name="positive", tooltip="What the animation should look like, for "
+                                       "Animation Sampler: CLIP token, reference latent, fps/motion/augmentation."),
+                io.Conditioning.Output(display_name="negative", tooltip="What guidance pushes away from, for Animation "
+                                       "Sampler: all zeros, as the official unconditional pass."),
+                io.Latent.Output(display_name="latent", tooltip="The empty video to fill, for Animation Sampler: an "
+                                 "empty latent, one frame per pose image."),
             ],
         )
 
@@ -147,6 +171,12 @@ class AnimationConditioning(Node):
         length, height, width = pose_images.shape[0], pose_images.shape[1], pose_images.shape[2]
         if (width, height) not in ((512, 512), (576, 1024)):
             logger.warning("StableAnimator was trained at 512x512 and 576x1024; %dx%d may look worse.", width, height)
+        src_h, src_w = image.shape[1], image.shape[2]
+        if abs(src_w * height - src_h * width) > 0.01 * src_h * width:
+            note = (f"The reference ({src_w}x{src_h}) is stretched to {width}x{height}: put Fit Reference to Size before "
+                    "it to crop or pad instead.")
+            logger.warning("Animation Conditioning: %s", note)
+            show_on_node(note)
         ref = _lanczos(image[0], width, height)[None]                                         # [1, H, W, 3] in [0, 1]
         noise = torch.randn(ref.shape, generator=torch.Generator().manual_seed(seed))
         # ComfyUI's VAE maps [0, 1] to [-1, 1]; half the noise here is the official amount in [-1, 1]

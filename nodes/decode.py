@@ -80,15 +80,16 @@ class AnimationDecode(Node):
             node_id="IDA_AnimationDecode", display_name="Animation Decode", category=types.CAT_VIDEO,
             description=cls.__doc__.strip(),
             inputs=[
-                io.Vae.Input("vae", tooltip="SVD-xt VAE."),
-                io.Latent.Input("latent", tooltip="From Animation Sampler."),
+                io.Vae.Input("vae", tooltip="Turns the latent into frames: SVD-xt VAE."),
+                io.Latent.Input("latent", tooltip="The finished animation, from Animation Sampler."),
                 io.Int.Input("chunk_size", default=4, min=1, max=256,
-                             tooltip="Frames decoded together. The decoder smooths over a chunk: larger is smoother "
-                             "and needs more memory. 4 is the official value and what face refinement decodes "
-                             "with (its chunk): keep the two equal so faces look as they were refined."),
+                             tooltip="Larger is smoother from frame to frame but needs more memory. Frames decoded "
+                             "together: the decoder smooths over a chunk. 4 is the official value and what face "
+                             "refinement decodes with (its chunk): keep the two equal so faces look as they were "
+                             "refined."),
                 io.Boolean.Input("decode_on_cpu", default=False,
-                                 tooltip="Decode on the CPU (slow) when the GPU has no room for the temporal decoder, "
-                                 "e.g. 576x1024 on 8-12 GB cards."),
+                                 tooltip="On: decoding works even when the GPU has no room for the temporal decoder, "
+                                 "but slowly: it runs on the CPU. E.g. for 576x1024 on 8-12 GB cards."),
                 io.Float.Input("fps", default=8.0, min=0.1, max=240.0, step=0.5,
                                tooltip="How fast the saved video plays. Connect Driving Video Frames' fps so the dance "
                                "keeps its timing; typed here, it is used as it is."),
@@ -97,8 +98,9 @@ class AnimationDecode(Node):
                                "animation's length."),
             ],
             outputs=[
-                io.Image.Output(display_name="images", tooltip="The frames."),
-                io.Video.Output(display_name="video", tooltip="The frames as a VIDEO for Save Video."),
+                io.Image.Output(display_name="images", tooltip="The animation's frames, as IMAGE for any image node."),
+                io.Video.Output(display_name="video", tooltip="The animation as a VIDEO (with the sound when audio is "
+                                "connected), for Save Video."),
             ],
         )
 

@@ -13,7 +13,7 @@ from comfy_api.latest import io
 
 from ..models import keypoints as kp
 from ..models.face import (COLOR_ORDERS, FaceAnalyzer, FaceConditioning, FaceLandmarks, box_mask, clip_pixels,
-                           face_box, find_insightface_root, five_points, pack_fingerprint)
+                           FaceSetupError, face_box, find_insightface_root, five_points, pack_fingerprint)
 from . import types
 from .validation import InputError, Node, generation_size_problem, known, memory_problem, verdict
 from .folders import INSIGHTFACE
@@ -31,10 +31,21 @@ class LoadFaceAnalysis(Node):
             node_id="IDA_LoadFaceAnalysis", display_name="Load Face Analysis (insightface)", category=types.CAT_FACE,
             description=cls.__doc__.strip(),
             inputs=[io.Combo.Input("provider", options=["auto", "cuda", "cpu"], default="auto",
-                                   tooltip="onnxruntime device for detection and ArcFace. auto: CUDA when "
-                                   "onnxruntime-gpu sees a GPU, else CPU (the log says which).")],
-            outputs=[types.FaceAnalysis.Output(display_name="face_analysis", tooltip="For Face Embed.")],
+                                   tooltip="cuda finds and reads faces faster; cpu works everywhere. onnxruntime "
+                                   "device for detection and ArcFace. auto: CUDA when onnxruntime-gpu sees a GPU, else "
+                                   "CPU (the log says which).")],
+            outputs=[types.FaceAnalysis.Output(display_name="face_analysis", tooltip="Finds and recognises faces: for "
+                                               "Face Embed.")],
         )
+
+    @classmethod
+    def rules(cls, values):
+        # checked at validation, so a prompt with several missing models reports them all at once
+        try:
+            find_insightface_root(folder_paths.get_folder_paths(INSIGHTFACE))
+        except FaceSetupError as exc:
+            return str(exc)
+        return None
 
     @classmethod
     def fingerprint_inputs(cls, provider):
@@ -76,20 +87,27 @@ class FaceEmbed(Node):
             node_id="IDA_FaceEmbed", display_name="Face Embed", category=types.CAT_FACE,
             description=cls.__doc__.strip(),
             inputs=[
-                types.FaceAnalysis.Input("face_analysis", tooltip="From Load Face Analysis."),
-                io.Image.Input("image", tooltip="The reference image (first image of a batch is used)."),
-                io.Int.Input("face_index", default=0, min=0, max=32, tooltip="Which face, largest first."),
+                types.FaceAnalysis.Input("face_analysis", tooltip="The face finder, from Load Face Analysis."),
+                io.Image.Input("image", tooltip="The reference picture whose face the animation keeps (the first image "
+                               "of a batch is used)."),
+                io.Int.Input("face_index", default=0, min=0, max=32, tooltip="Which face to keep when the reference "
+                             "shows several: 0 is the largest, 1 the next, and so on."),
                 io.Combo.Input("color_order", options=list(COLOR_ORDERS), default="bgr",
-                               tooltip="bgr: what insightface expects and what StableAnimator was trained with "
-                               "(recommended). rgb: reproduces the official inference script, which passed RGB by mistake."),
+                               tooltip="bgr keeps the identity as StableAnimator learnt it (recommended): what "
+                               "insightface expects and what StableAnimator was trained with. rgb: reproduces the "
+                               "official inference script, which passed RGB by mistake."),
                 io.Boolean.Input("allow_missing", default=False,
-                                 tooltip="If no face is found, go on with a zero identity embedding (the log says so) "
-                                 "instead of stopping. The identity will not be kept."),
+                                 tooltip="On: a reference without a visible face still animates, but its identity is "
+                                 "not kept (a zero identity embedding; the log says so). Off: no face found stops the "
+                                 "run."),
             ],
             outputs=[
-                types.Face.Output(display_name="face", tooltip="Embedding, box and landmarks of the chosen face."),
-                io.Image.Output(display_name="aligned_face", tooltip="112x112 aligned face crop, for checking the choice."),
-                io.Mask.Output(display_name="face_mask", tooltip="The face box as a mask at the reference's size."),
+                types.Face.Output(display_name="face", tooltip="The reference's identity, for Face Encode and Face "
+                                  "Refine Sampler: embedding, box and landmarks of the chosen face."),
+                io.Image.Output(display_name="aligned_face", tooltip="The chosen face as the recogniser sees it: check "
+                                "it is the right person. 112x112 aligned face crop."),
+                io.Mask.Output(display_name="face_mask", tooltip="Where the chosen face is: the face box as a mask at "
+                               "the reference's size."),
             ],
         )
 
@@ -115,13 +133,17 @@ class FaceEncode(Node):
             node_id="IDA_FaceEncode", display_name="Face Encode", category=types.CAT_FACE,
             description=cls.__doc__.strip(),
             inputs=[
-                types.FaceEncoder.Input("face_encoder", tooltip="From Load Face Encoder."),
-                types.Face.Input("face", tooltip="From Face Embed."),
-                io.ClipVision.Input("clip_vision", tooltip="SVD-xt's CLIP-H image encoder (Load SVD-xt VAE + CLIP Vision)."),
-                io.Image.Input("image", tooltip="The reference image; encoded whole, squashed to 224x224 as SVD does (no centre crop)."),
+                types.FaceEncoder.Input("face_encoder", tooltip="The identity network, from Load Face Encoder."),
+                types.Face.Input("face", tooltip="The reference's face, from Face Embed."),
+                io.ClipVision.Input("clip_vision", tooltip="Reads the reference's overall look: SVD-xt's CLIP-H image "
+                                    "encoder (Load SVD-xt VAE + CLIP Vision)."),
+                io.Image.Input("image", tooltip="The reference picture whose look the animation keeps; encoded whole, "
+                               "squashed to 224x224 as SVD does (no centre crop)."),
             ],
             outputs=[types.FaceConditioning.Output(display_name="face_conditioning",
-                                                   tooltip="CLIP token + 4 face tokens for the animation sampler.")],
+                                                   tooltip="The reference's look and identity, for Apply "
+                                                   "StableAnimator and Animation Conditioning: CLIP token + 4 face "
+                                                   "tokens.")],
         )
 
     @classmethod
@@ -158,22 +180,29 @@ class FaceBoxes(Node):
             node_id="IDA_FaceBoxes", display_name="Face Boxes", category=types.CAT_FACE,
             description=cls.__doc__.strip(),
             inputs=[
-                types.PoseKeypoint.Input("pose_keypoint", tooltip="Aligned driving keypoints (Pose Align output)."),
+                types.PoseKeypoint.Input("pose_keypoint", tooltip="Where the faces are in every frame: the aligned "
+                                         "driving keypoints (Pose Align output)."),
                 io.Int.Input("width", default=512, min=64, max=2048, step=64,
-                             tooltip="Generation width: the same as Render Skeleton's (a multiple of 64)."),
+                             tooltip="Set it to Render Skeleton's width: Face Refine Sampler refuses masks of another "
+                             "size. Generation width (a multiple of 64)."),
                 io.Int.Input("height", default=512, min=64, max=2048, step=64,
-                             tooltip="Generation height: the same as Render Skeleton's (a multiple of 64)."),
+                             tooltip="Set it to Render Skeleton's height: Face Refine Sampler refuses masks of another "
+                             "size. Generation height (a multiple of 64)."),
                 io.Float.Input("margin", default=0.1, min=0.0, max=2.0, step=0.05,
-                               tooltip="Grow each box by this fraction of its size on every side."),
-                io.Int.Input("person", default=0, min=0, max=32, tooltip="Whose face, largest first."),
+                               tooltip="Larger boxes take in more around each face (hair, background); that frames the "
+                               "identity comparison only when face_landmarks is not connected. Grow each box by this "
+                               "fraction of its size on every side."),
+                io.Int.Input("person", default=0, min=0, max=32, tooltip="Whose face to refine when several people are "
+                             "in the video: 0 is the largest, then the next. Whose face, largest first."),
             ],
             outputs=[
                 io.Mask.Output(display_name="face_masks",
-                               tooltip="One filled face rectangle per frame; empty where no face is visible."),
+                               tooltip="Which frames have a face to refine, and where: one filled face rectangle per "
+                               "frame; empty where no face is visible."),
                 types.FaceLandmarks.Output(display_name="face_landmarks",
-                                         tooltip="Eyes, nose tip and mouth corners of each frame's face, for Face "
-                                         "Refine Sampler to cut every face out the way the reference's is. A frame "
-                                         "whose face is turned away or hidden has none and is not refined."),
+                                         tooltip="Lets Face Refine Sampler cut every face out the way the reference's "
+                                         "is: eyes, nose tip and mouth corners of each frame's face. A frame whose "
+                                         "face is turned away or hidden has none and is not refined."),
             ],
         )
 

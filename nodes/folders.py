@@ -56,8 +56,11 @@ def missing_model_message(folder: str, name, official: catalog.ModelFile | None)
     if official is None:
         return (f"'{name}' is not in the '{folder}' model folder (searched: {searched}). Put the file there and "
                 "press R in ComfyUI to refresh the lists.")
-    other = "" if name in (official.name, None) else f" ('{name}' is not there either.)"
-    return f"{official.name} was not found. {official.where_to_get(searched, PACK_DIR)}{other}"
+    where = f"ComfyUI/models/{official.folder}/ (searched: {searched})"
+    if name in (official.name, None):
+        return f"{official.name} was not found in {where}. {official.where_to_get(PACK_DIR)}"
+    return (f"'{name}' is not in {where}. Pick a file from the list, or put the official {official.name} there. "
+            f"{official.where_to_get(PACK_DIR)}")
 
 
 def full_path(folder: str, name: str, official: catalog.ModelFile | None = None) -> str:

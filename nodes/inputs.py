@@ -227,7 +227,7 @@ class FitReference(Node):
         if known(width, height):
             problem = generation_size_problem(width, height)
             if problem:
-                return problem.replace("in Render Skeleton", "here")
+                return problem.replace(" in Fit Reference to Size (or in Render Skeleton without it)", " here")
         return None
 
     @classmethod

@@ -58,17 +58,20 @@ class LoadAnimationUNet(Node):
             category=types.CAT_LOADERS,
             description=cls.__doc__.strip(),
             inputs=[
-                _weights_combo("unet", "Animation/unet.pth (or the .safetensors written by `make convert`) "
-                               "from ComfyUI/models/stableanimator."),
+                _weights_combo("unet", "The model that draws every frame: Animation/unet.pth (or the .safetensors "
+                               "written by `make convert`) from ComfyUI/models/stableanimator."),
                 io.Combo.Input("weight_dtype", options=["default", *UNET_DTYPES], default="default",
-                               tooltip="UNet weight precision. default: ComfyUI picks for your device "
-                               "(fp16/bf16 on GPUs). fp32 doubles memory; fp8 halves it again (computed in "
-                               "fp16/bf16). The ID adapter and PoseNet stay in at least fp16 whatever you pick."),
+                               tooltip="Lower precision fits smaller GPUs, higher needs more memory. UNet weight "
+                               "precision. default: ComfyUI picks for your device (fp16/bf16 on GPUs). fp32 doubles "
+                               "memory; fp8 halves it again (computed in fp16/bf16). The ID adapter and PoseNet stay "
+                               "in at least fp16 whatever you pick."),
             ],
             outputs=[
-                io.Model.Output(display_name="model", tooltip="ComfyUI SVD model with StableAnimator's UNet weights."),
+                io.Model.Output(display_name="model", tooltip="The animation model, for Apply StableAnimator: ComfyUI "
+                                "SVD model with StableAnimator's UNet weights."),
                 types.IDAdapter.Output(display_name="id_adapter",
-                                       tooltip="The 16 id_to_k/id_to_v pairs of the distribution-aware ID adapter."),
+                                       tooltip="What keeps the reference's face, for Apply StableAnimator: the 16 "
+                                       "id_to_k/id_to_v pairs of the distribution-aware ID adapter."),
             ],
         )
 
@@ -96,9 +99,11 @@ class LoadPoseNet(Node):
             display_name="Load PoseNet",
             category=types.CAT_LOADERS,
             description=cls.__doc__.strip(),
-            inputs=[_weights_combo("pose_net", "Animation/pose_net.pth from ComfyUI/models/stableanimator.")],
+            inputs=[_weights_combo("pose_net", "The network that makes the body follow the skeletons: "
+                                   "Animation/pose_net.pth from ComfyUI/models/stableanimator.")],
             outputs=[types.PoseNet.Output(display_name="pose_net",
-                                          tooltip="PoseNet: skeleton images -> features added after the UNet's conv_in.")],
+                                          tooltip="Makes the body follow the skeletons, for Apply StableAnimator. "
+                                          "PoseNet: skeleton images -> features added after the UNet's conv_in.")],
         )
 
     @classmethod
@@ -123,13 +128,15 @@ class LoadFaceEncoder(Node):
             category=types.CAT_LOADERS,
             description=cls.__doc__.strip(),
             inputs=[
-                _weights_combo("face_encoder", "Animation/face_encoder.pth from ComfyUI/models/stableanimator."),
+                _weights_combo("face_encoder", "The network that turns the reference's face into the identity the "
+                               "animation keeps: Animation/face_encoder.pth from ComfyUI/models/stableanimator."),
                 io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="fp32",
-                               tooltip="Face Encoder precision (57 M parameters, run once per video). "
-                               "fp32 is exact; fp16/bf16 halve its memory."),
+                               tooltip="fp32 is exact; fp16/bf16 halve this network's memory, slightly less precise. "
+                               "Face Encoder precision (57 M parameters, run once per video)."),
             ],
             outputs=[types.FaceEncoder.Output(display_name="face_encoder",
-                                              tooltip="Face Encoder for the Face Encode node.")],
+                                              tooltip="Turns the reference's face into identity tokens: Face Encoder "
+                                              "for the Face Encode node.")],
         )
 
     @classmethod
@@ -152,9 +159,12 @@ class LoadArcFace(Node):
             display_name="Load ArcFace (PyTorch)",
             category=types.CAT_LOADERS,
             description=cls.__doc__.strip(),
-            inputs=[_weights_combo("glintr100", "Animation/glintr100_torch.pth from ComfyUI/models/stableanimator.")],
+            inputs=[_weights_combo("glintr100", "The face recogniser Face Refine Sampler uses to judge how alike each "
+                                   "frame's face and the reference's are: Animation/glintr100_torch.pth from "
+                                   "ComfyUI/models/stableanimator.")],
             outputs=[types.ArcFace.Output(display_name="arcface",
-                                          tooltip="Differentiable ArcFace (112x112 RGB in [-1,1] -> 512-d embedding).")],
+                                          tooltip="Judges face likeness, for Face Refine Sampler: differentiable "
+                                          "ArcFace (112x112 RGB in [-1,1] -> 512-d embedding).")],
         )
 
     @classmethod
@@ -186,16 +196,21 @@ class LoadSVDBase(Node):
             category=types.CAT_LOADERS,
             description=cls.__doc__.strip(),
             inputs=[io.Combo.Input("ckpt_name", options=files, default=default,
-                                   tooltip="svd_xt.safetensors (Stable Video Diffusion img2vid-xt) in ComfyUI/models/checkpoints.")],
+                                   tooltip="The base video model whose VAE and image encoder the graph uses (its UNet "
+                                   "is not loaded): svd_xt.safetensors (Stable Video Diffusion img2vid-xt) in "
+                                   "ComfyUI/models/checkpoints.")],
             outputs=[
-                io.ClipVision.Output(display_name="clip_vision", tooltip="OpenCLIP ViT-H/14 image encoder of SVD-xt."),
-                io.Vae.Output(display_name="vae", tooltip="SVD-xt VAE with the temporal decoder."),
+                io.ClipVision.Output(display_name="clip_vision", tooltip="Reads the reference's overall look, for Face "
+                                     "Encode: OpenCLIP ViT-H/14 image encoder of SVD-xt."),
+                io.Vae.Output(display_name="vae", tooltip="Turns pictures into latents and back into frames (Animation "
+                              "Conditioning, Animation Decode, Face Refine Sampler): SVD-xt VAE with the temporal "
+                              "decoder."),
             ],
         )
 
     @classmethod
     def execute(cls, ckpt_name) -> io.NodeOutput:
-        path = folder_paths.get_full_path_or_raise("checkpoints", ckpt_name)
+        path = full_path("checkpoints", ckpt_name)
         if is_safetensors(path):
             try:  # ComfyUI's reader honours its mmap options; its damage reports get the pack's wording
                 sd, metadata = comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True)

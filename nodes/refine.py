@@ -146,50 +146,75 @@ class FaceRefineSampler(Node):
             node_id="IDA_FaceRefineSampler", display_name="Face Refine Sampler (HJB)", category=types.CAT_SAMPLING,
             description=cls.__doc__.strip(),
             inputs=[
-                io.Vae.Input("vae", tooltip="SVD-xt VAE (refinement decodes faces with gradients through a private decoder built from its weights)."),
-                types.ArcFace.Input("arcface", tooltip="From Load ArcFace (PyTorch)."),
-                io.Image.Input("reference", tooltip="The reference image (the same one Face Embed looked at)."),
-                types.Face.Input("face", tooltip="From Face Embed: where the reference's face is (box and five landmarks)."),
-                io.Mask.Input("face_masks", tooltip="From Face Boxes, at the generation size: which frames have a face "
-                              "(an empty mask leaves that frame alone)."),
-                io.Boolean.Input("enabled", default=True, tooltip="Off: the plain sampler, no refinement."),
+                io.Vae.Input("vae", tooltip="Lets refinement see the faces it corrects: the SVD-xt VAE (refinement "
+                             "decodes faces with gradients through a private decoder built from its weights)."),
+                types.ArcFace.Input("arcface", tooltip="Judges how much each frame's face looks like the reference's: "
+                                    "from Load ArcFace (PyTorch)."),
+                io.Image.Input("reference", tooltip="The face every frame is pulled towards: the reference image (the "
+                               "same one Face Embed looked at)."),
+                types.Face.Input("face", tooltip="Where the reference's face is, from Face Embed (box and five "
+                                 "landmarks)."),
+                io.Mask.Input("face_masks", tooltip="Which frames get their face refined: from Face Boxes, at the "
+                              "generation size (an empty mask leaves that frame alone)."),
+                io.Boolean.Input("enabled", default=True, tooltip="On: faces are pulled towards the reference at every "
+                                 "refined step (slower). Off: the plain sampler, no refinement."),
                 io.Combo.Input("sampler", options=list(SAMPLERS), default="euler",
-                               tooltip="euler: the official sampler. heun_churn: the supplement's Algorithm 1 "
-                               "(EDM stochastic Heun, two model calls per step)."),
-                io.Int.Input("start_step", default=0, min=0, max=1000, tooltip="First refined step (official: 0)."),
-                io.Int.Input("end_step", default=20, min=0, max=1000, tooltip="Last refined step (official: 20 of 25)."),
-                io.Int.Input("iterations", default=3, min=1, max=50, tooltip="Adam iterations per refined step (official code: 3)."),
+                               tooltip="euler is the official sampler and the faster. heun_churn makes two model calls "
+                               "per step (slower) and uses the four heun_churn settings: the supplement's Algorithm 1 "
+                               "(EDM stochastic Heun)."),
+                io.Int.Input("start_step", default=0, min=0, max=1000, tooltip="From which step faces are refined: "
+                             "starting later is faster but refines fewer steps. First refined step (official: 0)."),
+                io.Int.Input("end_step", default=20, min=0, max=1000, tooltip="Up to which step faces are refined: "
+                             "stopping earlier is faster but refines fewer steps. Last refined step (official: 20 of "
+                             "25)."),
+                io.Int.Input("iterations", default=3, min=1, max=50, tooltip="More iterations keep the face closer to "
+                             "the reference but each refined step takes longer (cost grows linearly). Adam iterations "
+                             "per refined step (official code: 3)."),
                 io.Float.Input("lr", default=0.1, min=0.0, max=10.0, step=0.01,
-                               tooltip="Adam learning rate at step 0; it falls linearly: lr·(1 − step/steps) (official 0.1)."),
+                               tooltip="Higher pulls faces harder towards the reference at each iteration, which can "
+                               "overshoot into artefacts; lower is gentler. Adam learning rate at step 0; it falls "
+                               "linearly: lr·(1 − step/steps) (official 0.1)."),
                 io.Int.Input("margin", default=32, min=0, max=512, step=8,
-                             tooltip="Pixels decoded around each face for the decoder's context. Larger is closer "
-                             "to full-frame decoding and costs more."),
+                             tooltip="With crop_decode: more room around each face makes its refinement closer to "
+                             "full-frame decoding, at more memory and time. Pixels decoded around each face for the "
+                             "decoder's context."),
                 io.Boolean.Input("crop_decode", default=True,
-                                 tooltip="Decode only the region around the faces: much less memory than whole frames "
-                                 "(how much has not been measured on a GPU yet). Off decodes whole frames like the "
-                                 "official code, which needs a lot of memory."),
+                                 tooltip="On: refinement fits in much less memory by decoding only the region around "
+                                 "the faces (an approximation; how much less has not been measured on a GPU yet). Off "
+                                 "decodes whole frames like the official code, which needs a lot of memory."),
                 io.Int.Input("chunk", default=4, min=1, max=64,
-                             tooltip="Frames decoded together with gradients. The decoder smooths over the frames it "
-                             "decodes together, so keep this equal to Animation Decode's chunk_size (both 4, the "
-                             "official value) to refine faces as they will be decoded."),
-                io.Float.Input("s_churn", default=0.0, min=0.0, max=100.0, step=0.1, tooltip="heun_churn: amount of churn noise."),
-                io.Float.Input("s_tmin", default=0.0, min=0.0, max=1000.0, step=0.01, tooltip="heun_churn: churn only at sigma >= this."),
-                io.Float.Input("s_tmax", default=1000.0, min=0.0, max=1000.0, step=0.01, tooltip="heun_churn: churn only at sigma <= this."),
-                io.Float.Input("s_noise", default=1.0, min=0.0, max=2.0, step=0.001, tooltip="heun_churn: churn noise scale."),
+                             tooltip="Keep it equal to Animation Decode's chunk_size (both 4, the official value) so "
+                             "faces are refined as they will be decoded; larger needs more memory. Frames decoded "
+                             "together with gradients: the decoder smooths over them."),
+                io.Float.Input("s_churn", default=0.0, min=0.0, max=100.0, step=0.1, tooltip="heun_churn only: 0 is "
+                               "plain Heun; more adds fresh (seeded) noise at each step, so the result strays further "
+                               "from the noise-free path. Amount of churn noise (EDM's S_churn)."),
+                io.Float.Input("s_tmin", default=0.0, min=0.0, max=1000.0, step=0.01, tooltip="heun_churn only: raise "
+                               "it to keep churn out of the last, low-noise steps where fine detail forms. Churn only "
+                               "at sigma >= this."),
+                io.Float.Input("s_tmax", default=1000.0, min=0.0, max=1000.0, step=0.01, tooltip="heun_churn only: "
+                               "lower it to keep churn out of the first, high-noise steps where the layout forms. "
+                               "Churn only at sigma <= this."),
+                io.Float.Input("s_noise", default=1.0, min=0.0, max=2.0, step=0.001, tooltip="heun_churn only: scales "
+                               "the churn noise; EDM found slightly above 1 counters loss of detail. Churn noise scale "
+                               "(EDM's S_noise)."),
                 types.FaceLandmarks.Input("face_landmarks", optional=True,
-                                        tooltip="From Face Boxes: eyes, nose and mouth corners of every frame's face, so "
-                                        "each face is cut out the way the reference's is. Without it faces are cut "
-                                        "from plain boxes, framed differently on the two sides."),
+                                        tooltip="Connect it so every frame's face is cut out the way the reference's "
+                                        "is, for a fair identity comparison: from Face Boxes, eyes, nose and mouth "
+                                        "corners of every frame's face. Without it faces are cut from plain boxes, "
+                                        "framed differently on the two sides."),
                 io.Combo.Input("framing", options=list(FRAMINGS), default="arcface", optional=True,
-                               tooltip="How faces are cut out for the identity comparison, the same way on the reference "
-                               "and on every frame. arcface: turned and scaled so eyes, nose and mouth land where "
-                               "ArcFace expects them (how it was trained). official: an upright box resized to "
-                               "112x112, as the official code does."),
+                               tooltip="arcface compares faces the way ArcFace was trained to see them; official "
+                               "copies the official code. Cut the same way on the reference and every frame. arcface: "
+                               "turned and scaled so eyes, nose and mouth land where ArcFace expects them. official: "
+                               "an upright box resized to 112x112."),
                 io.Combo.Input("decode_precision", options=list(DECODE_PRECISIONS), default="fp32", optional=True,
-                               tooltip="Number format of the refinement's decoder. fp32: as the official code, the most "
-                               "precise gradients. bf16/fp16: about half the decoder memory, less precise."),
+                               tooltip="bf16/fp16: about half the refinement decoder's memory, less precise gradients. "
+                               "fp32: as the official code, the most precise. Number format of the refinement's "
+                               "decoder."),
             ],
-            outputs=[io.Sampler.Output(display_name="sampler", tooltip="For Animation Sampler or SamplerCustomAdvanced.")],
+            outputs=[io.Sampler.Output(display_name="sampler", tooltip="A sampler that pulls every face towards the "
+                                       "reference while it denoises: for Animation Sampler or SamplerCustomAdvanced.")],
         )
 
     @classmethod

@@ -26,9 +26,9 @@ logger = logging.getLogger(__name__)
 
 SIGMA_MIN, SIGMA_MAX, RHO = 0.002, 700.0, 7.0
 # the default is the official seed, but the official draw cannot be repeated from it here (web/docs say more)
-SEED_TOOLTIP = ("Noise seed. The default is the official scripts' 23123134, but they draw from a CUDA generator, "
-                "first the reference's noise augmentation, then the latent noise in fp16; this node draws on the "
-                "CPU, so the same seed gives other noise and does not reproduce the official videos.")
+SEED_TOOLTIP = ("Another seed gives another take. The default is the official scripts' 23123134, but they draw from a "
+                "CUDA generator (first the reference's noise augmentation, then the latent noise in fp16) and this "
+                "node on the CPU, so the same seed gives other noise and does not reproduce the official videos.")
 
 
 def official_sigmas(steps: int) -> torch.Tensor:
@@ -129,12 +129,18 @@ def window_rules(values) -> str | None:
 
 _WINDOW_INPUTS = lambda: [
     io.Combo.Input("schedule", options=list(SCHEDULES), default="official",
-                   tooltip="official: every window holds frame 0 plus consecutive frames, triangular weights "
-                   "(StableAnimator). magicanimate: uniform windows, flat average (MagicAnimate)."),
-    io.Int.Input("window_length", default=16, min=2, max=64, tooltip="Frames per window (StableAnimator: 16)."),
-    io.Int.Input("window_overlap", default=4, min=0, max=63, tooltip="Frames shared by neighbouring windows (official: 4)."),
-    io.Boolean.Input("shift", default=False, tooltip="Move the windows by a seeded offset at every step so seams wander."),
-    io.Boolean.Input("wrap", default=False, tooltip="magicanimate: windows wrap from the last frame to the first (loops)."),
+                   tooltip="How a long video is split into overlapping windows and blended back. official: every "
+                   "window holds frame 0 (which ties them all to the start) plus consecutive frames, triangular "
+                   "weights (StableAnimator). magicanimate: uniform windows, flat average (MagicAnimate)."),
+    io.Int.Input("window_length", default=16, min=2, max=64, tooltip="Longer windows keep motion consistent over more "
+                 "frames but need more memory. Frames per window (StableAnimator: 16)."),
+    io.Int.Input("window_overlap", default=4, min=0, max=63, tooltip="More overlap blends the seams between windows "
+                 "more smoothly but makes more windows, so sampling takes longer. Frames shared by neighbouring "
+                 "windows (official: 4)."),
+    io.Boolean.Input("shift", default=False, tooltip="On: the seams between windows fall on other frames at every "
+                     "step, instead of always the same ones. Moves the windows by a seeded offset at every step."),
+    io.Boolean.Input("wrap", default=False, tooltip="magicanimate only: for looping videos, the last frames blend into "
+                     "the first. Windows wrap from the last frame to the first."),
 ]
 
 
@@ -167,22 +173,32 @@ class AnimationSampler(Node):
             node_id="IDA_AnimationSampler", display_name="Animation Sampler", category=types.CAT_SAMPLING,
             description=cls.__doc__.strip(),
             inputs=[
-                io.Model.Input("model", tooltip="From Apply StableAnimator."),
-                io.Conditioning.Input("positive", tooltip="From Animation Conditioning."),
-                io.Conditioning.Input("negative", tooltip="From Animation Conditioning."),
-                io.Latent.Input("latent", tooltip="From Animation Conditioning."),
+                io.Model.Input("model", tooltip="The animation model with the face and pose steering, from Apply "
+                               "StableAnimator."),
+                io.Conditioning.Input("positive", tooltip="What the animation should look like, from Animation "
+                                      "Conditioning."),
+                io.Conditioning.Input("negative", tooltip="What guidance pushes away from, from Animation "
+                                      "Conditioning."),
+                io.Latent.Input("latent", tooltip="The empty video to fill (its frame count and size), from Animation "
+                                "Conditioning."),
                 io.Int.Input("seed", default=23123134, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip=SEED_TOOLTIP),
-                io.Int.Input("steps", default=25, min=1, max=200, tooltip="Denoising steps (official: 25)."),
+                io.Int.Input("steps", default=25, min=1, max=200, tooltip="Fewer steps finish sooner but look rougher; "
+                             "time grows linearly with steps. Denoising steps (official: 25)."),
                 io.Float.Input("min_cfg", default=3.0, min=1.0, max=20.0, step=0.1,
-                               tooltip="Guidance at the first frame (official scripts: 3.0, the same as max_cfg)."),
+                               tooltip="How strictly the first frame follows the reference and poses: higher is "
+                               "stricter but can look harsh. Guidance at the first frame (official scripts: 3.0, the "
+                               "same as max_cfg)."),
                 io.Float.Input("max_cfg", default=3.0, min=1.0, max=20.0, step=0.1,
-                               tooltip="Guidance at the last frame; in between it rises linearly."),
+                               tooltip="How strictly the last frame follows the reference and poses (see min_cfg). "
+                               "Guidance at the last frame; in between it rises linearly."),
                 *_WINDOW_INPUTS(),
                 io.Sampler.Input("sampler", optional=True,
-                                 tooltip="Optional: another SAMPLER, e.g. Face Refine Sampler (HJB). Default: Euler."),
+                                 tooltip="Optional: connect Face Refine Sampler (HJB) to keep the face closer to the "
+                                 "reference (slower), or another SAMPLER. Default: Euler."),
             ],
-            outputs=[io.Latent.Output(display_name="latent", tooltip="Denoised video latent.")],
+            outputs=[io.Latent.Output(display_name="latent", tooltip="The finished animation, still as a latent: "
+                                      "decode it with Animation Decode. Denoised video latent.")],
         )
 
     @classmethod
@@ -215,14 +231,21 @@ class AnimationWindows(Node):
             node_id="IDA_AnimationWindows", display_name="Animation Windows + Frame CFG", category=types.CAT_SAMPLING,
             description=cls.__doc__.strip(),
             inputs=[
-                io.Model.Input("model", tooltip="Patched model (Apply StableAnimator)."),
-                io.Float.Input("min_cfg", default=3.0, min=1.0, max=20.0, step=0.1, tooltip="Guidance at the first frame."),
+                io.Model.Input("model", tooltip="The animation model to sample long videos with: the patched model "
+                               "(Apply StableAnimator)."),
+                io.Float.Input("min_cfg", default=3.0, min=1.0, max=20.0, step=0.1, tooltip="How strictly the first "
+                               "frame follows the reference and poses: higher is stricter but can look harsh. Guidance "
+                               "at the first frame."),
                 io.Float.Input("max_cfg", default=3.0, min=1.0, max=20.0, step=0.1,
-                               tooltip="Guidance at the last frame. Give the guider this value as cfg."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, tooltip="Seed of the window shift."),
+                               tooltip="How strictly the last frame follows the reference and poses (see min_cfg). "
+                               "Guidance at the last frame. Give the guider this value as cfg."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, tooltip="Changes which frames the "
+                             "wandering seams fall on (only with shift on). Seed of the window shift."),
                 *_WINDOW_INPUTS(),
             ],
-            outputs=[io.Model.Output(display_name="model", tooltip="The model with windows and per-frame CFG, for a CFG Guider.")],
+            outputs=[io.Model.Output(display_name="model", tooltip="The model that samples any length in windows, with "
+                                     "guidance rising frame by frame: for a CFG Guider. The model with windows and "
+                                     "per-frame CFG.")],
         )
 
     @classmethod
@@ -242,8 +265,10 @@ class AnimationSigmas(Node):
         return io.Schema(
             node_id="IDA_AnimationSigmas", display_name="Animation Sigmas", category=types.CAT_SAMPLING,
             description=cls.__doc__.strip(),
-            inputs=[io.Int.Input("steps", default=25, min=1, max=200, tooltip="Denoising steps (official: 25).")],
-            outputs=[io.Sigmas.Output(display_name="sigmas", tooltip="steps + 1 noise levels, ending at 0.")],
+            inputs=[io.Int.Input("steps", default=25, min=1, max=200, tooltip="Fewer steps finish sooner but look "
+                                 "rougher; time grows linearly with steps. Denoising steps (official: 25).")],
+            outputs=[io.Sigmas.Output(display_name="sigmas", tooltip="The noise schedule, for SamplerCustomAdvanced: "
+                                      "steps + 1 noise levels, ending at 0.")],
         )
 
     @classmethod
@@ -262,9 +287,11 @@ class AnimationNoise(Node):
             inputs=[
                 io.Int.Input("seed", default=23123134, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip=SEED_TOOLTIP),
-                io.Int.Input("period", default=16, min=1, max=1024, tooltip="Repeat period in frames (the window length)."),
+                io.Int.Input("period", default=16, min=1, max=1024, tooltip="Set it to the window length: one window "
+                             "of noise repeated along time, as StableAnimator starts long videos. Repeat period in "
+                             "frames (the window length)."),
             ],
-            outputs=[io.Noise.Output(display_name="noise", tooltip="For SamplerCustomAdvanced.")],
+            outputs=[io.Noise.Output(display_name="noise", tooltip="The starting noise, for SamplerCustomAdvanced.")],
         )
 
     @classmethod

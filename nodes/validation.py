@@ -24,8 +24,19 @@ from collections.abc import Mapping
 from comfy_api.latest import io
 
 
-class InputError(ValueError):
-    """An input value a node cannot use; the message names the node, the input and the fix."""
+class InvalidInput(ValueError):
+    """An input value a node cannot use; the message names the node by its display name, the input and the fix.
+
+    ComfyUI reports an exception's type as ``module.ClassName``, and a custom node pack's module is named
+    after the pack folder's path on disk (``/home/.../custom_nodes/<folder>.nodes.validation``); the
+    frontend shows that type in its error report and the issues panel. So it is given the pack's name:
+    the type reads ``Identity Animator.InvalidInput``.
+    """
+
+    __module__ = "Identity Animator"
+
+
+InputError = InvalidInput   # the name the nodes raise it by
 
 
 def _declared(cls) -> list:
@@ -46,10 +57,24 @@ def _range_problem(inp, value) -> str | None:
     return None
 
 
-def _option_problem(inp, value) -> str | None:
+def _model_file_problem(cls, inp, value) -> str | None:
+    """For a loader's file list: the official file, its folder, address and download command."""
+    from ..models import catalog
+    from .folders import missing_model_message
+
+    official = catalog.by_name(catalog.FILE_INPUTS.get((cls.define_schema().node_id, inp.id), ""))
+    if official is None:
+        return None
+    return f"{inp.id}: {missing_model_message(official.folder, value, official)}"
+
+
+def _option_problem(cls, inp, value) -> str | None:
     options = list(inp.options or [])
     if value in options:
         return None
+    model = _model_file_problem(cls, inp, value)
+    if model:
+        return model
     shown = ", ".join(map(str, options[:12])) + (f" (and {len(options) - 12} more)" if len(options) > 12 else "")
     return (f"{inp.id} is {value!r}, which is not one of its choices: {shown or 'none are available'}. Pick one of "
             "them; a file added since the list was made appears after refreshing the node definitions (press R).")
@@ -62,7 +87,7 @@ def declared_problems(cls, values: Mapping) -> list[str]:
         value = values.get(inp.id)
         if value is None or inp.id in cls.own_checks:
             continue
-        problem = _option_problem(inp, value) if isinstance(inp, io.Combo.Input) else _range_problem(inp, value)
+        problem = _option_problem(cls, inp, value) if isinstance(inp, io.Combo.Input) else _range_problem(inp, value)
         if problem:
             problems.append(problem)
     return problems
@@ -82,9 +107,10 @@ def _problems(cls, values: Mapping) -> list[str]:
 
 
 def verdict(cls, **values) -> bool | str:
-    """For ``validate_inputs``: True, or one message for all of the node's problems."""
+    """For ``validate_inputs``: True, or one message for all of the node's problems, led by the node's display
+    name as when it runs (the host's validation report names the node only by its id, ``IDA_...``)."""
     problems = _problems(cls, values)
-    return True if not problems else " ".join(problems)
+    return True if not problems else f"{_display(cls)}: " + " ".join(problems)
 
 
 def _checked_execute(execute):
@@ -167,11 +193,12 @@ MAX_GENERATION_PIXELS = 4 * 576 * 1024
 def generation_size_problem(width: int, height: int) -> str | None:
     if width % 64 or height % 64:
         return (f"the generation size {width}x{height} is not a multiple of 64 on both sides (StableAnimator: "
-                "512x512 or 576x1024). Set width and height in Render Skeleton.")
+                "512x512 or 576x1024). Set width and height in Fit Reference to Size (or in Render Skeleton without it).")
     if width * height > MAX_GENERATION_PIXELS:
         return (f"the generation size {width}x{height} is {width * height / 1e6:.1f} MP, over this pack's limit of "
                 f"{MAX_GENERATION_PIXELS / 1e6:.2f} MP (four times StableAnimator's largest training size, 576x1024). "
-                "Lower width and height in Render Skeleton; upscale the video afterwards instead.")
+                "Lower width and height in Fit Reference to Size (or in Render Skeleton without it); upscale the video "
+                "afterwards instead.")
     return None
 
 

@@ -394,3 +394,35 @@ def test_server_damaged_insightface_file(server):
                                    "The insightface model 'damaged_extra.onnx'", "is not a readable ONNX model",
                                    "can simply be removed")
     assert_runs(server, face_prompt())
+
+
+def test_server_reports_every_missing_model_at_once_with_where_to_get_it(server):
+    """An animation whose model files are all absent is refused at validation with one error per loader,
+    each naming the official file, its folder, its download address and the download command; nothing runs."""
+    import json
+
+    from identity_animator.models import catalog
+    from test_bad_input import refused
+
+    prompt = json.loads((Path(__file__).resolve().parents[1] / "workflows" / "api" / "animate_512x512.json").read_text())
+    loaders = {}
+    for nid, node in prompt.items():
+        for (node_type, name), official in catalog.FILE_INPUTS.items():
+            if node["class_type"] == node_type:
+                node["inputs"][name] = f"not_here_{official}"
+                loaders.setdefault(nid, []).append(catalog.by_name(official))
+    pack = server.base_dir / "models" / "insightface" / "models" / "antelopev2"
+    with moved_away(pack.parent):
+        _, errors = refused(server, prompt)
+    face = next(nid for nid, n in prompt.items() if n["class_type"] == "IDA_LoadFaceAnalysis")
+    assert set(errors) == {*loaders, face}, sorted(errors)
+    for nid, files in loaders.items():
+        text = " ".join(e["details"] for e in errors[nid]["errors"])
+        for m in files:
+            for says in (f"'not_here_{m.name}' is not in ComfyUI/models/{m.folder}/", f"the official {m.name}", m.url(),
+                         f"tools/models.py download {m.name}"):
+                assert says in text, (prompt[nid]["class_type"], says, text)
+    text = " ".join(e["details"] for e in errors[face]["errors"])
+    first = catalog.for_node("IDA_LoadFaceAnalysis")[0]
+    assert "antelopev2 face models not found" in text and first.url() in text and "download insightface" in text
+    assert_runs(server, face_prompt())

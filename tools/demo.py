@@ -109,7 +109,8 @@ def main() -> int:
             "See the README's Models section for where each file goes.",
         ])
         prepare_random_weights(base)
-        prompt["8"]["inputs"].update(width=64, height=64)     # small enough for a CPU
+        fit = next(k for k, n in prompt.items() if n["class_type"] == "IDA_FitReference")
+        prompt[fit]["inputs"].update(width=64, height=64)     # small enough for a CPU; the whole graph follows it
         prompt["18"]["inputs"]["steps"] = 3
     with ComfyServer(comfy, base) as server:
         print(f"ComfyUI is serving on {server.url} (log: {server.log_path})", flush=True)
