@@ -123,6 +123,32 @@ def select_frames(images: torch.Tensor, rate: Fraction, audio, start: int, cap: 
     return picked, audio
 
 
+def _plain_file(video):
+    """The file behind ``video`` when decoding it directly gives the same frames as the host would:
+    a whole, uncropped file. Newer ComfyUI versions let a VIDEO carry a trim window and a crop
+    (Trim Video, Crop Video); those go through the host's ``get_components`` instead."""
+    if not isinstance(video, InputImpl.VideoFromFile):
+        return None
+    trim = getattr(video, "get_active_trim_window", None)
+    if trim is not None and tuple(trim()) != (0.0, 0.0):
+        return None
+    if getattr(video, "_VideoFromFile__crop", None) is not None:
+        return None
+    source = video.get_stream_source()
+    try:
+        import av
+
+        if hasattr(source, "seek"):
+            source.seek(0)
+        with av.open(source, mode="r") as container:
+            first = next(container.decode(video=0), None)
+            if first is not None and getattr(first, "rotation", 0):
+                return None   # a phone video shot upright: the host turns its frames, a plain decode does not
+    except Exception:   # unreadable here: the host's decoder gives its own error
+        return None
+    return source
+
+
 class DrivingVideo(Node):
     """The driving video's frames, with its frame rate and sound for the saved animation. Start frame,
     frame cap and every-n-th frame pick the part of the video to animate."""
@@ -162,9 +188,9 @@ class DrivingVideo(Node):
             if problem:
                 raise InputError(f"Driving Video Frames: {problem}")
 
-        if isinstance(video, InputImpl.VideoFromFile):
-            frames, rate, audio, total = read_driving_video(video.get_stream_source(), start_frame, frame_cap,
-                                                            every_nth, check_memory)
+        source = _plain_file(video)
+        if source is not None:
+            frames, rate, audio, total = read_driving_video(source, start_frame, frame_cap, every_nth, check_memory)
         else:
             parts = video.get_components()
             total = parts.images.shape[0]

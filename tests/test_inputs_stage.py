@@ -102,3 +102,19 @@ def test_saved_video_keeps_the_driving_fps_frame_count_and_sound(server, clip):
         assert sum(1 for _ in video.decode(picture)) == 10
         assert len(sound) == 1
         assert float(sound[0].duration * sound[0].time_base) == pytest.approx(10 / 15, abs=0.06)
+
+
+def test_a_video_made_by_another_node_goes_through_the_host_decoder(clip):
+    """A VIDEO that is not a whole plain file (here: made from frames; on newer hosts also a trimmed or
+    cropped one) is read with the host's own get_components, then given the same selection."""
+    from fractions import Fraction
+
+    from comfy_api.latest import InputImpl, Types
+
+    images = torch.rand(12, 16, 16, 3)
+    audio = {"waveform": torch.rand(1, 2, 12 * 1000), "sample_rate": 24000}
+    video = InputImpl.VideoFromComponents(Types.VideoComponents(images=images, audio=audio, frame_rate=Fraction(24)))
+    assert inputs._plain_file(video) is None and inputs._plain_file(InputImpl.VideoFromFile(str(clip))) == str(clip)
+    frames, fps, sound, count = inputs.DrivingVideo.execute(video, start_frame=2, frame_cap=4, every_nth=2)
+    assert count == 4 and torch.equal(frames, images[2:10:2]) and fps == 12.0
+    assert sound["waveform"].shape[-1] == round(4 * 2 / 24 * 24000)
