@@ -71,14 +71,18 @@ class LoadDWPose(Node):
             description=cls.__doc__.strip(),
             inputs=[
                 io.Combo.Input("detector", options=files, default=_pick(files, "yolox"),
-                               tooltip="yolox_l.onnx: the person detector."),
+                               tooltip="Finds the people in each frame, so their joints can be read: yolox_l.onnx, the "
+                               "person detector."),
                 io.Combo.Input("pose_model", options=files, default=_pick(files, "dw-ll"),
-                               tooltip="dw-ll_ucoco_384.onnx: the whole-body keypoint model."),
+                               tooltip="Reads every body, hand and face joint of each person found: "
+                               "dw-ll_ucoco_384.onnx, the whole-body keypoint model."),
                 io.Combo.Input("provider", options=["auto", "cuda", "cpu"], default="auto",
-                               tooltip="onnxruntime device. auto: CUDA when onnxruntime-gpu and a GPU are "
-                               "present, else CPU (the log says which)."),
+                               tooltip="cuda reads poses much faster on long videos; cpu works everywhere. onnxruntime "
+                               "device. auto: CUDA when onnxruntime-gpu and a GPU are present, else CPU (the log says "
+                               "which)."),
             ],
-            outputs=[types.DWPose.Output(display_name="dwpose", tooltip="DWPose models for Pose Extract.")],
+            outputs=[types.DWPose.Output(display_name="dwpose", tooltip="The pose readers: DWPose models for Pose "
+                                         "Extract.")],
         )
 
     @classmethod
@@ -113,13 +117,15 @@ class DWPoseExtract(Node):
             node_id="IDA_DWPoseExtract", display_name="Pose Extract (DWPose)", category=types.CAT_POSE,
             description=cls.__doc__.strip(),
             inputs=[
-                types.DWPose.Input("dwpose", tooltip="From Load DWPose."),
-                io.Image.Input("images", tooltip="Driving video frames, or the reference image."),
+                types.DWPose.Input("dwpose", tooltip="The pose readers, from Load DWPose."),
+                io.Image.Input("images", tooltip="Whose poses to read: the driving video frames (the motion to copy), "
+                               "or the reference image (the body to move)."),
             ],
             outputs=[types.PoseKeypoint.Output(display_name="pose_keypoint",
-                                               tooltip="One OpenPose dict per frame (pixels); people largest first. "
-                                               "Faint hand and face points are kept for Render Skeleton, which "
-                                               "draws them dim as StableAnimator did.")],
+                                               tooltip="Everyone's joints in every frame, for Pose Align: one OpenPose "
+                                               "dict per frame (pixels); people largest first. Faint hand and face "
+                                               "points are kept for Render Skeleton, which draws them dim as "
+                                               "StableAnimator did.")],
         )
 
     @classmethod
@@ -186,6 +192,9 @@ class PoseAlign(Node):
                              "Never per frame: that would erase real motion."),
                 io.Int.Input("reference_person", default=0, min=0, max=32, tooltip="Which person in the reference, largest first."),
                 io.Int.Input("driving_person", default=0, min=0, max=32, tooltip="Which person to follow in the driving video, largest first."),
+                io.Image.Input("reference_image", optional=True,
+                               tooltip="Connect the reference picture to see the aligned driving skeleton drawn over it "
+                               "in the preview."),
             ],
             outputs=[
                 types.PoseKeypoint.Output(display_name="aligned_pose", tooltip="Driving keypoints on the reference canvas."),
@@ -195,7 +204,7 @@ class PoseAlign(Node):
 
     @classmethod
     def execute(cls, reference_pose, driving_pose, mode, allow_rotation, fit_frames, reference_person,
-                driving_person) -> io.NodeOutput:
+                driving_person, reference_image=None) -> io.NodeOutput:
         ref = kp.from_pose_keypoint(reference_pose)
         if len(ref) != 1:
             logger.warning("Pose Align: the reference pose has %d frames; using the first", len(ref))
@@ -206,7 +215,32 @@ class PoseAlign(Node):
         text = report.text()
         logger.info("Pose Align: %s", text.replace("\n", "; "))
         value = kp.to_pose_keypoint(frames)
-        return io.NodeOutput(value, text, ui=_pose_json_ui(value))
+        shown = text
+        backgrounds = None
+        if reference_image is not None:
+            backgrounds = _save_preview_frames(reference_image[:1])   # one picture behind every frame
+            note = _reference_image_note(reference_image, ref[0])
+            if note:
+                logger.warning("Pose Align: %s", note)
+                shown = f"{text}\n{note}"
+        ui = _pose_json_ui(value, backgrounds)
+        ui["ida_report"] = [shown]   # shown on the node, under its preview
+        return io.NodeOutput(value, text, ui=ui)
+
+
+def _reference_image_note(images: torch.Tensor, ref) -> str | None:
+    """What the artist should know about the picture behind the preview: a batch (only its first image
+    is shown) or a shape other than the reference pose's canvas (the picture is stretched to it, so
+    the skeleton cannot be judged against it)."""
+    notes = []
+    if len(images) > 1:
+        notes.append(f"reference_image has {len(images)} images; the preview shows the first.")
+    h, w = int(images.shape[1]), int(images.shape[2])
+    if abs(w / h - ref.width / ref.height) > 0.02 * ref.width / ref.height:
+        notes.append(f"reference_image is {w}x{h} but the reference pose was taken from a {ref.width}x{ref.height} "
+                     "picture; the preview stretches the image to that shape. Connect the picture the "
+                     "reference pose was extracted from.")
+    return " ".join(notes) or None
 
 
 def _check_canvases(frames) -> None:
@@ -235,14 +269,18 @@ class PoseRender(Node):
             node_id="IDA_PoseRender", display_name="Render Skeleton", category=types.CAT_POSE,
             description=cls.__doc__.strip(),
             inputs=[
-                types.PoseKeypoint.Input("pose_keypoint", tooltip="Usually the output of Pose Align."),
+                types.PoseKeypoint.Input("pose_keypoint", tooltip="The joints to draw: usually the output of Pose "
+                                         "Align (the driving motion on the reference's body)."),
                 io.Int.Input("width", default=512, min=64, max=2048, step=64,
-                             tooltip="Generation width, a multiple of 64 (StableAnimator: 512 or 576)."),
+                             tooltip="Width of the animation: larger is sharper but slower and needs more memory. "
+                             "Generation width, a multiple of 64 (StableAnimator: 512 or 576)."),
                 io.Int.Input("height", default=512, min=64, max=2048, step=64,
-                             tooltip="Generation height, a multiple of 64 (StableAnimator: 512 or 1024)."),
+                             tooltip="Height of the animation: larger is sharper but slower and needs more memory. "
+                             "Generation height, a multiple of 64 (StableAnimator: 512 or 1024)."),
             ],
             outputs=[io.Image.Output(display_name="pose_images",
-                                     tooltip="One skeleton image per frame at width x height.")],
+                                     tooltip="The skeletons the animation follows, for Apply StableAnimator and "
+                                     "Animation Conditioning: one skeleton image per frame at width x height.")],
         )
 
     @classmethod
@@ -278,6 +316,18 @@ POSE_JSON = (".json",)
 MAX_POSE_FILE_BYTES = 256 * 1024 * 1024   # a 10-minute 60 fps video of five people is under 100 MB
 
 
+SAMPLE_DIR = Path(__file__).resolve().parents[1] / "models" / "data" / "poses"
+SAMPLE_PREFIX = "ida_samples/"   # list names of the shipped poses; never a folder looked up on disk
+
+
+def _samples() -> dict[str, Path]:
+    """List name -> file of the driving poses shipped with the pack (tools/make_sample_pose.py)."""
+    if not SAMPLE_DIR.is_dir():
+        return {}
+    return {SAMPLE_PREFIX + f.name: f for f in sorted(SAMPLE_DIR.iterdir())
+            if f.is_file() and f.name.lower().endswith(POSE_JSON)}
+
+
 def _json_files() -> list[str]:
     import folder_paths
 
@@ -286,9 +336,32 @@ def _json_files() -> list[str]:
     for root, _, files in os.walk(base):
         for f in files:
             name = os.path.relpath(os.path.join(root, f), base).replace(os.sep, "/")
+            # an input subfolder named like the samples' prefix could not be loaded (that prefix means
+            # the shipped samples), so it is not offered
+            if name.startswith(SAMPLE_PREFIX):
+                continue
             if f.lower().endswith(POSE_JSON) and input_file_problem(name, POSE_JSON) is None:
                 out.append(name)
-    return sorted(out)
+    return sorted(out) + list(_samples())
+
+
+def _pose_file_problem(name) -> str | None:
+    if isinstance(name, str) and name.startswith(SAMPLE_PREFIX):
+        if name in _samples():
+            return None
+        return (f"'{name}' is not one of the pose samples shipped with the pack ({', '.join(_samples()) or 'none'}). "
+                "Pick one from the list.")
+    return input_file_problem(name, POSE_JSON)
+
+
+def _pose_file(name: str) -> str:
+    """The file behind a listed name: a shipped sample by exact name only, else a checked input-folder file."""
+    if name.startswith(SAMPLE_PREFIX):
+        path = _samples().get(name)
+        if path is None:
+            raise InputError(f"Load Pose Keypoints: file: {_pose_file_problem(name)}")
+        return str(path)
+    return input_file(name, POSE_JSON)
 
 
 def read_pose_json(path: str, name: str):
@@ -310,7 +383,8 @@ def read_pose_json(path: str, name: str):
 
 class LoadPoseKeypoints(Node):
     """Loads POSE_KEYPOINT from a JSON file in ComfyUI's input folder: the file comfyui_controlnet_aux's
-    Save Pose Keypoints writes (or ours), one OpenPose dict per frame."""
+    Save Pose Keypoints writes (or ours), one OpenPose dict per frame. The pack's own sample driving
+    poses are listed after those files, as ida_samples/..."""
 
     own_checks = ("file",)
 
@@ -323,25 +397,26 @@ class LoadPoseKeypoints(Node):
             node_id="IDA_LoadPoseKeypoints", display_name="Load Pose Keypoints", category=types.CAT_POSE,
             description=cls.__doc__.strip(),
             inputs=[io.Combo.Input("file", options=files, default=files[0] if files else None,
-                                   tooltip="A .json file in ComfyUI/input (subfolders allowed).")],
+                                   tooltip="A .json file in ComfyUI/input (subfolders allowed), or one of the "
+                                   "sample driving poses that ship with the pack (ida_samples/..., listed last).")],
             outputs=[types.PoseKeypoint.Output(display_name="pose_keypoint", tooltip="The keypoints, one dict per frame.")],
         )
 
     @classmethod
     def rules(cls, values):
         file = values.get("file")
-        problem = None if file is None else input_file_problem(file, POSE_JSON)
+        problem = None if file is None else _pose_file_problem(file)
         return f"file: {problem}" if problem else None
 
     @classmethod
     def fingerprint_inputs(cls, file=None):
-        if file is None or input_file_problem(file, POSE_JSON):
+        if file is None or _pose_file_problem(file):
             return float("nan")   # never cached: it is refused when it runs
-        return os.path.getmtime(input_file(file, POSE_JSON))
+        return os.path.getmtime(_pose_file(file))
 
     @classmethod
     def execute(cls, file) -> io.NodeOutput:
-        value = read_pose_json(input_file(file, POSE_JSON), file)
+        value = read_pose_json(_pose_file(file), file)
         try:
             frames = kp.from_pose_keypoint(value)
         except kp.PoseFormatError as exc:
@@ -393,7 +468,9 @@ class PoseEdit(Node):
     def define_schema(cls):
         return io.Schema(
             node_id="IDA_PoseEdit", display_name="Pose Edit", category=types.CAT_POSE,
-            description=cls.__doc__.strip(),
+            # an output node, so a graph can end here: run it to see and fix the joints before
+            # anything is rendered; its keypoints output still feeds the rest of the graph
+            description=cls.__doc__.strip(), is_output_node=True,
             inputs=[
                 types.PoseKeypoint.Input("pose_keypoint", tooltip="Keypoints to correct (e.g. Pose Align's output)."),
                 io.String.Input("edits", default="{}", multiline=True,

@@ -103,7 +103,8 @@ def test_pose_workflow_extract_align_render_preview(server):
     assert len(previews) == 20
     executed = {e["data"]["node"]: e["data"]["output"] for e in result.events if e["type"] == "executed"}
     poses = json.loads(executed["7"]["openpose_json"][0])      # controlnet_aux-style UI payload
-    assert len(poses) == 20 and poses[0]["canvas_width"] == 80 and len(poses[0]["people"]) == 2
+    # the reference is fitted to the generation size first, so the aligned poses are on its 512x512 canvas
+    assert len(poses) == 20 and poses[0]["canvas_width"] == 512 and len(poses[0]["people"]) == 2
     saved = result.outputs["10"]["pose_files"][0]
     assert json.loads((server.base_dir / "output" / saved["subfolder"] / saved["filename"]).read_text()) == poses
     from PIL import Image

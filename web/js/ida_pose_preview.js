@@ -1,5 +1,7 @@
 // Identity Animator: keypoint preview on the pose nodes, and joint editing on Pose Edit.
-// Reads the node's `openpose_json` UI output (the same key comfyui_controlnet_aux uses).
+// Reads the node's `openpose_json` UI output (the same key comfyui_controlnet_aux uses), the frame
+// pictures in `ida_frames` and Pose Align's `ida_report`. A play button steps through the frames
+// (looping), and the frame scrubbers of all pose previews in one graph move together.
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
 
@@ -10,6 +12,11 @@ const LIMBS = [[1, 2], [1, 5], [2, 3], [3, 4], [5, 6], [6, 7], [1, 8], [8, 9], [
   [12, 13], [1, 0], [0, 14], [14, 16], [0, 15], [15, 17]];
 const PERSON_COLORS = ["#ff5a5a", "#4fa3ff", "#4fd17a", "#ffb02e", "#c36bff", "#2fd6d6", "#ff7ac8", "#c8c8c8"];
 const PICK_RADIUS = 10; // screen pixels
+const PLAY_FPS = 8;     // slow enough to follow a joint, fast enough to read the motion
+const MIN_HEIGHT = 220; // preview canvas, scrubber row and label
+const REPORT_LINE = 14; // px per line of the report under the label (font 11px)
+const REPORT_MAX_LINES = 12; // past this the report scrolls
+const REPORT_CHARS = 44;  // about what fits on one line of a 340 px node: the node is sized by it
 
 function triples(flat) {
   const out = [];
@@ -24,22 +31,43 @@ class PosePreview {
     this.frames = [];
     this.frame = 0;
     this.drag = null;
+    this.timer = null;
+    this.reportText = "";
     this.element = document.createElement("div");
     this.element.className = "ida-pose-preview";
     this.element.style.cssText = "display:flex;flex-direction:column;gap:4px;width:100%;height:100%;";
     this.canvas = document.createElement("canvas");
     this.canvas.style.cssText = "flex:1;min-height:120px;width:100%;background:#111;border-radius:4px;cursor:default;";
+    this.playButton = document.createElement("button");
+    this.playButton.type = "button";
+    this.playButton.className = "ida-pose-play";
+    this.playButton.style.cssText = "flex:none;width:28px;height:22px;padding:0;font:12px sans-serif;cursor:pointer;" +
+      "background:#333;color:#ddd;border:1px solid #555;border-radius:4px;";
     this.slider = document.createElement("input");
     this.slider.type = "range";
     this.slider.min = "0";
     this.slider.value = "0";
     this.slider.className = "ida-pose-frame";
+    this.slider.style.cssText = "flex:1;min-width:0;";
+    const controls = document.createElement("div");
+    controls.className = "ida-pose-controls";
+    controls.style.cssText = "display:flex;align-items:center;gap:6px;";
+    controls.append(this.playButton, this.slider);
     this.label = document.createElement("div");
     this.label.className = "ida-pose-label";
     this.label.style.cssText = "font:11px sans-serif;color:#aaa;";
     this.label.textContent = "Run the node to see its keypoints.";
-    this.element.append(this.canvas, this.slider, this.label);
-    this.slider.addEventListener("input", () => { this.frame = Number(this.slider.value); this.draw(); });
+    // Pose Align's report: the fitted transform, on the node where the artist looks, not only in the log
+    this.report = document.createElement("div");
+    this.report.className = "ida-pose-report";
+    this.report.style.cssText = "display:none;flex:none;font:11px/14px monospace;color:#ccc;white-space:pre-wrap;" +
+      `overflow-wrap:anywhere;max-height:${REPORT_LINE * REPORT_MAX_LINES}px;overflow:auto;`;
+    this.element.append(this.canvas, controls, this.label, this.report);
+    this.showPlaying();
+    this.playButton.addEventListener("click", (e) => { e.stopPropagation(); this.togglePlay(); });
+    // keep a click on the button from starting a node drag or selection on the graph canvas
+    this.playButton.addEventListener("pointerdown", (e) => e.stopPropagation());
+    this.slider.addEventListener("input", () => this.setFrame(Number(this.slider.value), true));
     this.canvas.addEventListener("pointerdown", (e) => this.onDown(e));
     this.canvas.addEventListener("pointermove", (e) => this.onMove(e));
     this.canvas.addEventListener("pointerup", (e) => this.onUp(e));
@@ -47,7 +75,8 @@ class PosePreview {
   }
 
   setBackgrounds(files) {
-    // frame images saved by Pose Extract (small JPEGs in ComfyUI's temp folder)
+    // frame images saved by Pose Extract (small JPEGs in ComfyUI's temp folder); Pose Align sends
+    // one, the reference picture, which stands behind every frame
     this.backgrounds = (files || []).map((f) => {
       const img = new Image();
       const q = new URLSearchParams({ filename: f.filename, subfolder: f.subfolder || "", type: f.type || "temp" });
@@ -63,6 +92,68 @@ class PosePreview {
     this.slider.max = String(Math.max(0, this.frames.length - 1));
     this.slider.value = String(this.frame);
     this.draw();
+  }
+
+  // Show frame `index` (clamped to this node's frames). With `link`, the other pose previews of the
+  // same graph follow; they are moved without `link`, so nothing echoes back.
+  setFrame(index, link = false) {
+    const last = Math.max(0, this.frames.length - 1);
+    this.frame = Math.min(Math.max(0, Math.round(Number(index) || 0)), last);
+    this.slider.value = String(this.frame);
+    this.draw();
+    if (link) for (const other of this.peers()) other.setFrame(index, false);
+  }
+
+  // the pose previews on the other nodes of this node's graph (a subgraph is its own graph)
+  peers() {
+    const graph = this.node.graph;
+    const nodes = graph?.nodes ?? graph?._nodes ?? [];
+    return nodes.filter((n) => n !== this.node && n.idaPosePreview).map((n) => n.idaPosePreview);
+  }
+
+  get playing() { return this.timer !== null; }
+
+  togglePlay() { if (this.playing) this.pause(); else this.play(); }
+
+  play() {
+    if (this.playing || this.frames.length < 2) return;
+    // one player per graph: the others follow this one through the linked scrubbers
+    for (const other of this.peers()) other.pause();
+    this.timer = setInterval(() => this.step(), 1000 / PLAY_FPS);
+    this.showPlaying();
+  }
+
+  pause() {
+    if (!this.playing) return;
+    clearInterval(this.timer);
+    this.timer = null;
+    this.showPlaying();
+  }
+
+  step() {
+    if (!this.node.graph || this.frames.length < 2) { this.pause(); return; }  // node removed, or nothing to play
+    this.setFrame((this.frame + 1) % this.frames.length, true);  // loops: a dance is easiest judged on repeat
+  }
+
+  showPlaying() {
+    this.playButton.textContent = this.playing ? "\u275a\u275a" : "\u25b6";
+    this.playButton.title = this.playing ? "Pause" : `Play the frames (${PLAY_FPS} fps, loops)`;
+  }
+
+  setReport(text) {
+    this.reportText = typeof text === "string" ? text.trim() : "";
+    this.report.textContent = this.reportText;
+    this.report.style.display = this.reportText ? "block" : "none";
+    // grow the node so the report does not squeeze the preview away
+    const size = this.node.computeSize?.();
+    if (size && this.node.size && size[1] > this.node.size[1]) this.node.setSize([this.node.size[0], size[1]]);
+    this.node.setDirtyCanvas?.(true, true);
+  }
+
+  minHeight() {
+    // counted, not measured: the report may not be laid out yet when the node is sized
+    const lines = this.reportText.split("\n").reduce((n, l) => n + Math.max(1, Math.ceil(l.length / REPORT_CHARS)), 0);
+    return MIN_HEIGHT + (this.reportText ? Math.min(REPORT_MAX_LINES, lines) * REPORT_LINE + 4 : 0);
   }
 
   // canvas-pixel <-> keypoint-pixel transform for the current frame (letterboxed)
@@ -87,7 +178,8 @@ class PosePreview {
     const f = this.frames[this.frame];
     if (!f) return;
     ctx.fillStyle = "#222"; ctx.fillRect(v.ox, v.oy, v.w * v.s, v.h * v.s);
-    const bg = this.backgrounds?.[this.frame];
+    const bgs = this.backgrounds || [];
+    const bg = bgs.length === 1 ? bgs[0] : bgs[this.frame];
     if (bg?.complete && bg.naturalWidth) {
       ctx.globalAlpha = 0.55;
       ctx.drawImage(bg, v.ox, v.oy, v.w * v.s, v.h * v.s);
@@ -153,6 +245,7 @@ class PosePreview {
     if (!this.editable) return;
     const hit = this.pick(e);
     if (!hit) return;
+    this.pause();  // the joint is moved on the frame it was grabbed on
     this.drag = hit;
     this.canvas.setPointerCapture(e.pointerId);
     e.stopPropagation(); e.preventDefault();
@@ -202,9 +295,14 @@ app.registerExtension({
       const result = onNodeCreated?.apply(this, arguments);
       this.idaPosePreview = new PosePreview(this, nodeData.name === "IDA_PoseEdit");
       this.addDOMWidget("pose_preview", "ida_pose_preview", this.idaPosePreview.element,
-        { serialize: false, getMinHeight: () => 220 });
+        { serialize: false, getMinHeight: () => this.idaPosePreview.minHeight() });
       this.setSize([Math.max(this.size[0], 340), Math.max(this.size[1], 320)]);
       return result;
+    };
+    const onRemoved = nodeType.prototype.onRemoved;
+    nodeType.prototype.onRemoved = function () {
+      this.idaPosePreview?.pause();  // no timer left drawing a node that is gone
+      return onRemoved?.apply(this, arguments);
     };
     const onExecuted = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function (message) {
@@ -213,6 +311,7 @@ app.registerExtension({
       if (!json || !this.idaPosePreview) return;
       this.idaPosePreview.setBackgrounds(message.ida_frames);
       this.idaPosePreview.setFrames(JSON.parse(json));
+      this.idaPosePreview.setReport(message.ida_report?.[0]);
     };
   },
 });
