@@ -80,10 +80,13 @@ def test_ui_workflow_matches_object_info(path, object_info):
         assert kind == out_type and target["type"] in (out_type, "*"), f"{path.name}: link {link_id} {out_type} -> {target}"
 
 
-def tiny(prompt: dict) -> dict:
-    """The same graph at sizes a CPU handles in seconds."""
+def tiny(prompt: dict, frames: int | None = 8) -> dict:
+    """The same graph at sizes a CPU handles in seconds: 64 px, 2 steps and (unless ``frames`` is None)
+    at most ``frames`` driving frames, which is one sampling window."""
     for node in prompt.values():
         t, inp = node["class_type"], node["inputs"]
+        if t == "IDA_DrivingVideo" and frames is not None:
+            inp["frame_cap"] = min(inp["frame_cap"] or frames, frames)
         if t in ("IDA_FitReference", "IDA_PoseRender", "IDA_FaceBoxes") and isinstance(inp.get("width", 512), int):
             tall = inp.get("height", 512) > inp.get("width", 512)
             inp.update(width=64, height=128 if tall else 64)
@@ -101,9 +104,16 @@ def tiny(prompt: dict) -> dict:
 REFINE = "animate_face_refine.json"   # also in the compat smoke subset: the whole animation with refinement
 
 
+LONG = "animate_long_video.json"   # keeps every driving frame: its point is several sampling windows
+
+
+def tiny_for(path) -> dict:
+    return tiny(json.loads(path.read_text()), frames=None if path.name == LONG else 8)
+
+
 def graph(path) -> str:
     """The tiny graph of an API workflow without what does not change how it runs (titles, file prefixes)."""
-    prompt = tiny(json.loads(path.read_text()))
+    prompt = tiny_for(path)
     for node in prompt.values():
         node.pop("_meta", None)
         node["inputs"].pop("filename_prefix", None)
@@ -132,7 +142,7 @@ def test_every_api_workflow_is_one_of_the_graphs_that_run():
 @pytest.mark.parametrize("path", [pytest.param(paths[0], marks=pytest.mark.compat) if any(p.name == REFINE for p in paths)
                                   else paths[0] for paths in GRAPHS.values()], ids=lambda p: p.name)
 def test_api_workflow_runs_with_tiny_weights(path, server):
-    result = server.client.run(tiny(json.loads(path.read_text())), timeout=600)
+    result = server.client.run(tiny_for(path), timeout=600)
     assert result.status == "success", (path.name, result.error)
     assert result.outputs, f"{path.name} produced no output"
     if path.name == REFINE:
