@@ -396,6 +396,7 @@ def test_server_damaged_insightface_file(server):
     assert_runs(server, face_prompt())
 
 
+@pytest.mark.compat
 def test_server_reports_every_missing_model_at_once_with_where_to_get_it(server):
     """An animation whose model files are all absent is refused at validation with one error per loader,
     each naming the official file, its folder, its download address and the download command; nothing runs."""

@@ -87,6 +87,7 @@ def _timing_prompt(clip_name: str, start: int, cap: int, nth: int) -> dict:
     }
 
 
+@pytest.mark.compat
 def test_saved_video_keeps_the_driving_fps_frame_count_and_sound(server, clip):
     """Through the server: a 30 fps clip with sound, every 2nd frame from frame 6, at most 10 frames."""
     import shutil
