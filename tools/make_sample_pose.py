@@ -11,11 +11,13 @@ is front-facing, body joints only (the body model has no face or hands).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pack_import import pack_module  # noqa: E402
 
 import numpy as np
 
@@ -28,16 +30,7 @@ logger = logging.getLogger("make_sample_pose")
 
 
 def _pack():
-    # the repo folder may have any name: import it under the pack's package name, as the tests do
-    if "identity_animator" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("identity_animator", ROOT / "__init__.py",
-                                                      submodule_search_locations=[str(ROOT)])
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["identity_animator"] = mod
-        spec.loader.exec_module(mod)
-    from identity_animator.models import body2d, keypoints
-
-    return body2d, keypoints
+    return pack_module("models.body2d"), pack_module("models.keypoints")
 
 
 def dance_angles(frames: int = FRAMES) -> dict[str, np.ndarray]:

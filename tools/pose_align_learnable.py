@@ -10,10 +10,12 @@ similarity / learnable.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pack_import import pack_module  # noqa: E402
 
 import numpy as np
 import torch
@@ -22,15 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _pack():
-    if "identity_animator" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("identity_animator", ROOT / "__init__.py",
-                                                      submodule_search_locations=[str(ROOT)])
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["identity_animator"] = mod
-        spec.loader.exec_module(mod)
-    from identity_animator.models import pose_align_learnable
-
-    return pose_align_learnable
+    return pack_module("models.pose_align_learnable")
 
 
 EVAL_SEED = 20261121  # held out: training draws from other seeds
