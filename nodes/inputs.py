@@ -45,28 +45,35 @@ def _audio_slice(waveform: torch.Tensor, rate: int, offset_s: float, start_s: fl
     return out
 
 
-def _decode_audio(container, video_start_s: float) -> tuple[torch.Tensor, int, float] | None:
-    """The first audio stream as float [1, C, S], its rate, and its start relative to the video's."""
+def _decode_audio(container, video_start_s: float, window: tuple[float, float]):
+    """The first audio stream's samples around ``window`` (seconds from the first video frame) as
+    float [1, C, S], its rate, and where those samples start relative to the first video frame.
+    Only the window is kept, so a short cut of a long video holds a short sound."""
     import av
 
     if not container.streams.audio:
         return None
     stream = container.streams.audio[0]
+    rate = int(stream.rate)
     layout = stream.layout.name if stream.layout is not None else "stereo"
-    resampler = av.AudioResampler(format="fltp", layout=layout, rate=stream.rate)
+    resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
     container.seek(0)
-    chunks, first_time = [], None
+    chunks, first_time, done, kept_from = [], None, 0, None
     for frame in container.decode(stream):
-        if first_time is None and frame.time is not None:
-            first_time = float(frame.time)
+        if first_time is None:
+            first_time = float(frame.time or 0.0) - video_start_s
+        if first_time + done / rate > window[1]:
+            break                                   # past the window: the rest is never needed
         for out in resampler.resample(frame):
-            chunks.append(out.to_ndarray())
-    for out in resampler.resample(None):
-        chunks.append(out.to_ndarray())
+            begin = first_time + done / rate
+            done += out.samples
+            if first_time + done / rate >= window[0]:
+                kept_from = begin if kept_from is None else kept_from
+                chunks.append(out.to_ndarray())
     if not chunks:
         return None
     wave = torch.from_numpy(np.concatenate(chunks, axis=1).astype(np.float32))[None]
-    return wave, int(stream.rate), (first_time or 0.0) - video_start_s
+    return wave, rate, kept_from
 
 
 def read_driving_video(source, start: int, cap: int, every_nth: int, check_memory=None):
@@ -102,10 +109,11 @@ def read_driving_video(source, start: int, cap: int, every_nth: int, check_memor
                 break
         audio = None
         if kept:
-            decoded = _decode_audio(container, first_time or 0.0)
+            begin, length = float(start / rate), float(len(kept) * every_nth / rate)
+            decoded = _decode_audio(container, first_time or 0.0, (begin, begin + length))
             if decoded is not None:
                 wave, audio_rate, offset = decoded
-                wave = _audio_slice(wave, audio_rate, offset, start / rate, len(kept) * every_nth / rate)
+                wave = _audio_slice(wave, audio_rate, offset, begin, length)
                 audio = {"waveform": wave, "sample_rate": audio_rate}
     frames = torch.stack(kept).float().div_(255.0) if kept else torch.zeros(0, 1, 1, 3)
     return frames, rate, audio, index + 1
