@@ -9,11 +9,10 @@ the v-prediction, and the Euler update on SVD's Karras sigmas.
 """
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
-import torch.nn.functional as F
+
+from ida_official import official_posenet, official_sample, official_unet
 
 from identity_animator.models.checkpoint import load_state_dict
 from identity_animator.models.face import FaceConditioning
@@ -37,104 +36,12 @@ SVD_XT_SCHEDULER = dict(prediction_type="v_prediction", use_karras_sigmas=True, 
                         num_train_timesteps=1000, steps_offset=1)
 
 
-class OfficialIDAttention:
-    """StableAnimator's AnimationIDAttnNormalizedProcessor, re-stated."""
-
-    def __init__(self, id_k, id_v):
-        self.id_k, self.id_v = id_k, id_v
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
-        txt, ip = encoder_hidden_states[:, :-4], encoder_hidden_states[:, -4:]
-        q = attn.to_q(hidden_states)
-
-        def attend(k, v):
-            b, heads = q.shape[0], attn.heads
-            split = lambda t: t.view(b, -1, heads, t.shape[-1] // heads).transpose(1, 2)
-            out = F.scaled_dot_product_attention(split(q), split(k), split(v))
-            return out.transpose(1, 2).reshape(b, -1, q.shape[-1])
-
-        a = attend(attn.to_k(txt), attn.to_v(txt))
-        ai = attend(ip @ self.id_k.T, ip @ self.id_v.T)
-        mu_a, sd_a = a.mean(dim=(1, 2), keepdim=True), a.std(dim=(1, 2), keepdim=True)
-        mu_i, sd_i = ai.mean(dim=(1, 2), keepdim=True), ai.std(dim=(1, 2), keepdim=True)
-        out = a + (ai - mu_i) * sd_a / (sd_i + 1e-5) + mu_a
-        return attn.to_out[1](attn.to_out[0](out))
-
-
-class TemporalCLIPOnly:
-    """The official temporal blocks see only the CLIP token of the 5-token context."""
-
-    def __init__(self):
-        from diffusers.models.attention_processor import AttnProcessor2_0
-
-        self.inner = AttnProcessor2_0()
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, **kw):
-        return self.inner(attn, hidden_states, encoder_hidden_states[:, :-4], **kw)
-
-
-def official_windows(F_, tile=16, overlap=4):
-    idx = [[0, *range(i + 1, min(i + tile, F_))] for i in range(0, F_ - tile + 1, tile - overlap)]
-    if idx[-1][-1] < F_ - 1:
-        idx.append([0, *range(F_ - tile + 1, F_)])
-    return idx
-
-
 def reference_trajectory(weights, pose_sd, pose_images, clip, face, ref_latent, noise, sigmas):
-    frames = noise.shape[0]
-    from diffusers import UNetSpatioTemporalConditionModel
-    from diffusers.models.attention_processor import AttnProcessor2_0
     from ida_factory import TINY_UNET
 
-    unet = UNetSpatioTemporalConditionModel(**TINY_UNET)
-    unet.load_state_dict({k: v for k, v in weights.items() if ".processor." not in k})
-    procs = {}
-    for name in unet.attn_processors:
-        layer = name[: -len(".processor")]
-        if "temporal_transformer_blocks" not in name and name.endswith("attn2.processor"):
-            procs[name] = OfficialIDAttention(weights[layer + ".processor.id_to_k.weight"], weights[layer + ".processor.id_to_v.weight"])
-        elif name.endswith("attn2.processor"):
-            procs[name] = TemporalCLIPOnly()
-        else:
-            procs[name] = AttnProcessor2_0()
-    unet.set_attn_processor(procs)
-    unet.eval()
-    pose_add = {}
-    unet.conv_in.register_forward_hook(lambda mod, inp, out: out + pose_add["x"] if "x" in pose_add else out)
-
-    # PoseNet, re-stated: published convolution table, x/127.5 - 1 input
-    def posenet(x):
-        for idx, stride in [(0, 1), (2, 2), (4, 1), (6, 2), (8, 1), (10, 2), (12, 1), (14, 1)]:
-            x = F.silu(F.conv2d(x, pose_sd[f"conv_layers.{idx}.weight"], pose_sd[f"conv_layers.{idx}.bias"], stride=stride, padding=1))
-        return F.conv2d(x, pose_sd["final_proj.weight"], pose_sd["final_proj.bias"]) * pose_sd["scale"]
-
-    poses = pose_images.movedim(-1, 1) * 2 - 1
-    added = torch.tensor([[FPS - 1, MOTION, AUG]], dtype=torch.float32)
-    ctx_c = torch.cat([clip, face], 1)
-    ctx_u = torch.zeros_like(ctx_c)
-    g = torch.linspace(MIN_CFG, MAX_CFG, frames).view(frames, 1, 1, 1)
-    wins = official_windows(frames)
-    weights_tri = [min((k + 0.5) * 2 / 16, 2 - (k + 0.5) * 2 / 16) for k in range(16)]
-    latents = noise * math.sqrt(sigmas[0] ** 2 + 1)
-    with torch.no_grad():
-        for i in range(len(sigmas) - 1):
-            s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-            c_in, t = 1 / math.sqrt(s * s + 1), torch.tensor(0.25 * math.log(s))
-            pred = torch.zeros_like(latents)
-            cnt = torch.zeros(frames, 1, 1, 1)
-            for idx in wins:
-                x = latents[idx] * c_in
-                pose_add.pop("x", None)
-                v_u = unet(torch.cat([x, torch.zeros_like(x)], 1)[None], t, ctx_u, added).sample[0]
-                pose_add["x"] = posenet(poses[idx])
-                v_c = unet(torch.cat([x, ref_latent.expand_as(x)], 1)[None], t, ctx_c, added).sample[0]
-                w = torch.tensor(weights_tri[: len(idx)]).view(-1, 1, 1, 1)
-                pred[idx] += w * (v_u + g[idx] * (v_c - v_u))
-                cnt[idx] += w
-            v = pred / cnt
-            x0 = v * (-s / math.sqrt(s * s + 1)) + latents / (s * s + 1)
-            latents = latents + (latents - x0) / s * (s_next - s)
-    return latents
+    unet = official_unet(weights, TINY_UNET)
+    return official_sample(unet, official_posenet(pose_sd), pose_images, clip, face, ref_latent, noise, sigmas,
+                           min_cfg=MIN_CFG, max_cfg=MAX_CFG, fps=FPS, motion=MOTION, aug=AUG)
 
 
 def _our_trajectory(tiny_set, id_strength=1.0, pose_strength=1.0, frames=FRAMES, h=H, w=W):
