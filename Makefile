@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test compat demo convert clean train-align eval-align bench models
+.PHONY: setup test compat demo convert clean train-align eval-align bench bench-bundle models
 
 setup:
 	bash tools/setup_host.sh
@@ -26,7 +26,7 @@ convert: setup
 	$(PY) tools/convert_checkpoints.py $(FILES)
 
 clean:
-	rm -rf .host .venv .venv-compat .cache test-artifacts
+	rm -rf .host .venv .venv-compat .cache test-artifacts .bench-bundle bench-out
 
 # learnable SVD-guided pose alignment: train on the parametric 2-D body model, then evaluate (Dis)
 train-align: setup
@@ -35,9 +35,15 @@ train-align: setup
 eval-align: setup
 	$(PY) tools/pose_align_learnable.py eval --ckpt models/data/learnable_align_v1.safetensors
 
-# sampler speed and memory without and with face refinement (real sizes on a GPU, tiny on a CPU)
+# sampler speed, memory and FLOP/s without and with face refinement, against the official pipeline on
+# diffusers (real sizes on a GPU, tiny on a CPU); docs/benchmarks.md
 bench: setup
 	$(PY) tools/benchmark.py
+
+# what a GPU machine without ComfyUI or network needs for `make bench` (<= 60 MiB, .bench-bundle/):
+# carry it and run tools/bench/run_on_device.sh there (docs/benchmarks.md)
+bench-bundle: setup
+	$(PY) tools/bench/bundle.py
 
 # model files: list / check / download (ARGS="download --all")
 models:

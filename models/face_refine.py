@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from kornia.geometry.transform import warp_affine
+from torch.overrides import TorchFunctionMode
 
 logger = logging.getLogger(__name__)
 
@@ -155,21 +156,32 @@ class FaceTarget:
             return None
         return FaceTarget((x1, y1, x2, y2), m)
 
-    def crop(self, img: torch.Tensor, origin=(0, 0)) -> torch.Tensor:
-        """``img [3, h, w]``, a window of the frame whose top-left pixel is ``origin`` -> ``[1, 3, 112, 112]``."""
+    def check_inside(self, origin, width: int, height: int) -> None:
+        """Raise unless a ``width x height`` window whose top-left pixel is ``origin`` holds ``box``."""
         ox, oy = origin
         x1, y1, x2, y2 = self.box
-        if x1 < ox or y1 < oy or x2 - ox > img.shape[-1] or y2 - oy > img.shape[-2]:
-            raise ValueError(f"The decoded window at {origin} ({img.shape[-1]}x{img.shape[-2]}) does not contain the "
+        if x1 < ox or y1 < oy or x2 - ox > width or y2 - oy > height:
+            raise ValueError(f"The decoded window at {tuple(origin)} ({width}x{height}) does not contain the "
                              f"face region {self.box}.")
+
+    def window_matrix(self, origin) -> torch.Tensor:
+        """``matrix`` for a window whose top-left pixel is ``origin`` (window pixels -> crop), float64."""
+        m = self.matrix.clone()
+        m[:, 2] += m[:, :2] @ torch.tensor([float(origin[0]), float(origin[1])], dtype=m.dtype)
+        return m
+
+    def crop(self, img: torch.Tensor, origin=(0, 0)) -> torch.Tensor:
+        """``img [3, h, w]``, a window of the frame whose top-left pixel is ``origin`` -> ``[1, 3, 112, 112]``.
+        The definition of the cut; :class:`ChunkCrops` cuts many frames at once to the same result."""
+        ox, oy = origin
+        x1, y1, x2, y2 = self.box
+        self.check_inside(origin, img.shape[-1], img.shape[-2])
         if self.matrix is None:
             face = img[:, y1 - oy:y2 - oy, x1 - ox:x2 - ox]
             return F.interpolate(face[None], size=(ARCFACE_SIZE, ARCFACE_SIZE), mode="bilinear", align_corners=False)
-        m = self.matrix.clone()
-        m[:, 2] += m[:, :2] @ torch.tensor([float(ox), float(oy)], dtype=m.dtype)   # window -> frame pixels
         # align_corners=True: pixel centres at integer coordinates, as cv2.warpAffine (norm_crop) has them
-        return warp_affine(img[None], m[None].to(img), (ARCFACE_SIZE, ARCFACE_SIZE), mode="bilinear",
-                           padding_mode="zeros", align_corners=True)
+        return warp_affine(img[None], self.window_matrix(origin)[None].to(img), (ARCFACE_SIZE, ARCFACE_SIZE),
+                           mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
 def as_target(t, width: int | None = None, height: int | None = None) -> FaceTarget | None:
@@ -243,6 +255,81 @@ def face_crops(pixels: torch.Tensor, targets, offsets) -> torch.Tensor:
     return torch.cat([as_target(t).crop(img, o) for img, t, o in zip(pixels, targets, offsets)])
 
 
+# --- cutting a chunk's faces at once -------------------------------------------------------------
+# Refinement is launch-bound. A kornia warp per frame is dozens of tiny ops (some of them host -> device
+# copies) forward and backward, at every iteration, for a result that depends only on the landmarks.
+# The grids are built once per chunk and an iteration runs one grid_sample for all its aligned faces.
+
+def _sampling_dtype(dtype: torch.dtype) -> torch.dtype:
+    # kornia warps half-precision images in float32 as well; grid coordinates need float32's mantissa
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+class _GridCapture(TorchFunctionMode):
+    """Keeps the grid of every ``grid_sample`` run under it."""
+
+    def __init__(self):
+        super().__init__()
+        self.grids: list[torch.Tensor] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (F.grid_sample, torch.grid_sampler):
+            self.grids.append(args[1] if len(args) > 1 else kwargs["grid"])
+        return func(*args, **kwargs)
+
+
+def warp_grid(matrix: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The ``[1, 112, 112, 2]`` sampling grid of :meth:`FaceTarget.crop`'s ``warp_affine`` for ``matrix
+    [2, 3]`` (window pixels -> crop; its dtype and device are the sampling's) on a ``height x width`` window.
+
+    Taken from ``warp_affine`` itself, not recomputed: kornia builds it through its own chain of float32
+    ops (which differ between kornia versions), and with the very same grid a batched ``grid_sample``
+    gives the per-frame warp's result bit for bit."""
+    capture = _GridCapture()
+    with capture:
+        warp_affine(matrix.new_zeros(1, 1, height, width), matrix[None], (ARCFACE_SIZE, ARCFACE_SIZE), mode="bilinear",
+                    padding_mode="zeros", align_corners=True)
+    if len(capture.grids) != 1:
+        raise RuntimeError(f"kornia's warp_affine ran {len(capture.grids)} grid_sample calls, expected one: this "
+                           "kornia version is not supported by the batched face crop.")
+    return capture.grids[0]
+
+
+class ChunkCrops:
+    """Cuts the faces of a chunk's frames out of their decoded window ``[n, c, h, w]`` -- bit for bit
+    what :meth:`FaceTarget.crop` cuts frame by frame. Aligned faces: one ``grid_sample`` over the
+    grids ``warp_affine`` would build, built here once per chunk, window, device and dtype. Box faces
+    stay frame by frame (a slice and a resize each, no host traffic): resizing boxes of different sizes
+    in one batched op changes the gradient's float rounding (about 1e-5) for a few launches' gain."""
+
+    def __init__(self, targets, origin, width: int, height: int, device, dtype):
+        for t in targets:
+            t.check_inside(origin, width, height)
+        self.targets, self.origin, self.dtype = list(targets), origin, _sampling_dtype(dtype)
+        aligned = [k for k, t in enumerate(targets) if t.matrix is not None]
+        self.boxes = [k for k, t in enumerate(targets) if t.matrix is None]
+        mixed = bool(aligned) and bool(self.boxes)
+        # built outside inference mode: grid_sample keeps its grid for backward
+        with torch.inference_mode(False), torch.no_grad():
+            self.grid = None if not aligned else torch.cat(
+                [warp_grid(targets[k].window_matrix(origin).to(device, self.dtype), height, width) for k in aligned])
+            index = lambda ks: torch.tensor(ks, device=device)
+            self.aligned_frames = index(aligned) if mixed else None
+            self.order = index([(aligned + self.boxes).index(k) for k in range(len(targets))]) if mixed else None
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        parts = []
+        if self.grid is not None:
+            faces = pixels if self.aligned_frames is None else pixels.index_select(0, self.aligned_frames)
+            # align_corners=True: pixel centres at integer coordinates, as cv2.warpAffine (norm_crop) has them
+            parts.append(F.grid_sample(faces.to(self.dtype), self.grid, mode="bilinear", padding_mode="zeros",
+                                       align_corners=True).to(pixels.dtype))
+        parts += [self.targets[k].crop(pixels[k], self.origin) for k in self.boxes]
+        crops = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return crops if self.order is None else crops.index_select(0, self.order)
+
+
 def reference_embedding(arcface, image: torch.Tensor, target) -> torch.Tensor:
     """ArcFace embedding of the reference face; ``image [H, W, 3]`` in [0, 1], ``target`` a
     :class:`FaceTarget` or a detector box (clipped to the image)."""
@@ -284,6 +371,8 @@ class FaceRefiner:
         self.check_cancel = check_cancel or (lambda: None)
         self.on_step = on_step
         self.history: list[tuple[int, float, float]] = []   # (step, similarity before / after the Adam steps)
+        self._cuts: dict[tuple, ChunkCrops] = {}              # built on first use, per chunk, window, device, dtype
+        self._frame_index: dict[tuple, torch.Tensor] = {}
 
     def frames(self) -> list[int]:
         return [k for k, t in enumerate(self.targets) if t is not None]
@@ -292,38 +381,62 @@ class FaceRefiner:
         frames = self.frames()
         return [frames[i:i + self.chunk] for i in range(0, len(frames), self.chunk)]
 
+    def window(self, idx, height: int, width: int) -> tuple[int, int, int, int]:
+        """The pixels ``(x0, y0, x1, y1)`` decoded for chunk ``idx`` of ``width x height`` frames."""
+        if not self.crop:
+            return 0, 0, width, height
+        return crop_window([self.targets[k].box for k in idx], height, width, self.margin)
+
+    def _chunk_frames(self, z: torch.Tensor, idx) -> torch.Tensor:
+        """``z[idx]``: a view for consecutive frames (every chunk unless frames are skipped), else one
+        gather whose index is uploaded once, not at every call as list indexing does."""
+        if list(idx) == list(range(idx[0], idx[0] + len(idx))):
+            return z[idx[0]:idx[0] + len(idx)]
+        key = (tuple(idx), z.device)
+        if key not in self._frame_index:
+            with torch.inference_mode(False):
+                self._frame_index[key] = torch.tensor(list(idx), device=z.device)
+        return z.index_select(0, self._frame_index[key])
+
+    def _cut(self, idx, origin, pixels: torch.Tensor) -> ChunkCrops:
+        key = (tuple(idx), origin, tuple(pixels.shape[-2:]), pixels.device, pixels.dtype)
+        if key not in self._cuts:
+            self._cuts[key] = ChunkCrops([self.targets[k] for k in idx], origin, pixels.shape[-1], pixels.shape[-2],
+                                         pixels.device, pixels.dtype)
+        return self._cuts[key]
+
     def chunk_loss(self, z: torch.Tensor, idx: list[int]) -> torch.Tensor:
-        targets = [self.targets[k] for k in idx]
-        height, width = z.shape[-2] * LATENT_SCALE, z.shape[-1] * LATENT_SCALE
-        if self.crop:
-            x0, y0, x1, y1 = crop_window([t.box for t in targets], height, width, self.margin)
-            s = LATENT_SCALE
-            lat = z[idx][:, :, y0 // s:y1 // s, x0 // s:x1 // s]
-        else:
-            x0, y0, lat = 0, 0, z[idx]
+        s = LATENT_SCALE
+        x0, y0, x1, y1 = self.window(idx, z.shape[-2] * s, z.shape[-1] * s)
+        lat = self._chunk_frames(z, idx)[:, :, y0 // s:y1 // s, x0 // s:x1 // s]
         pixels = self.decode(lat).clamp(-1.0, 1.0)
-        crops = torch.cat([t.crop(img, (x0, y0)) for t, img in zip(targets, pixels)])
+        crops = self._cut(idx, (x0, y0), pixels)(pixels)
         emb = self.arcface(crops.to(next(self.arcface.parameters())))
         return identity_loss(emb, self.ref)
 
-    def loss_and_grad(self, z: torch.Tensor) -> float:
-        """Mean identity loss over all face frames; gradients accumulate into ``z.grad`` chunk by chunk."""
-        n, total = len(self.frames()), 0.0
+    # The losses stay on the device: reading one on the host (float()) would stall the launch queue at
+    # every chunk. __call__ reads them once per refined step.
+
+    def loss_and_grad(self, z: torch.Tensor) -> torch.Tensor:
+        """Mean identity loss over all face frames (a 0-d tensor on ``z``'s device); gradients accumulate
+        into ``z.grad`` chunk by chunk."""
+        n, total = len(self.frames()), None
         for idx in self.chunks():
             self.check_cancel()
             loss = self.chunk_loss(z, idx) * (len(idx) / n)
             loss.backward()
-            total += float(loss.detach())
-        return total
+            total = loss.detach() if total is None else total + loss.detach()
+        return z.new_zeros(()) if total is None else total
 
-    def loss(self, z: torch.Tensor) -> float:
+    def loss(self, z: torch.Tensor) -> torch.Tensor:
         """The same mean identity loss without gradients (a forward decode only, no stored graph)."""
-        n, total = len(self.frames()), 0.0
+        n, total = len(self.frames()), None
         with torch.no_grad():
             for idx in self.chunks():
                 self.check_cancel()
-                total += float(self.chunk_loss(z, idx)) * (len(idx) / n)
-        return total
+                loss = self.chunk_loss(z, idx) * (len(idx) / n)
+                total = loss if total is None else total + loss
+        return z.new_zeros(()) if total is None else total
 
     def __call__(self, x0: torch.Tensor, step: int, steps: int) -> torch.Tensor:
         if not self.schedule.active(step) or not self.frames():
@@ -346,6 +459,7 @@ class FaceRefiner:
             after = self.loss(z)
             refined = z.detach().to(x0.dtype)
             del z
+            before, after = torch.stack([before, after]).tolist()     # the step's one host read
         self.history.append((step, 1.0 - before, 1.0 - after))
         logger.info("Face refinement step %d/%d: identity similarity %.4f -> %.4f after %d Adam step(s) "
                     "(lr %.3f, %d frames)", step, steps, 1.0 - before, 1.0 - after, self.schedule.iterations, lr,

@@ -135,6 +135,9 @@ class IResNet(nn.Module):
 
     @classmethod
     def from_state_dict(cls, sd, source: str = "glintr100_torch") -> "IResNet":
+        """The network in eval mode with frozen weights: refinement backpropagates through it to the
+        latent only; trainable weights would have every backward compute (and accumulate, never zeroed)
+        gradients for all of them."""
         model = cls(**cls.config_from_state_dict(sd, source))   # plain torch layers: their shapes are the layout
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        return load_checked(model, sd, expected, "ArcFace iresnet", source).eval()
+        return load_checked(model, sd, expected, "ArcFace iresnet", source).eval().requires_grad_(False)

@@ -171,8 +171,9 @@ class LoadArcFace(Node):
     def execute(cls, glintr100_name) -> io.NodeOutput:
         sd, path = _load(STABLEANIMATOR, glintr100_name)
         # ComfyUI runs every node under torch.inference_mode(), and tensors made there can never take
-        # part in backward. Refinement backpropagates through this network, so it is built outside
-        # inference mode and kept out of ComfyUI's model management (which would re-create its weights).
+        # part in backward. Refinement backpropagates through this network (to its input; the weights
+        # come out frozen), so it is built outside inference mode and kept out of ComfyUI's model
+        # management (which would re-create its weights).
         with torch.inference_mode(False):
             net = IResNet.from_state_dict({k: v.clone() for k, v in sd.items()}, source=path)
         logger.info("ArcFace iresnet from %s: blocks %s", path, [len(getattr(net, f"layer{i}")) for i in range(1, net.num_layers + 1)])

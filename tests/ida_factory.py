@@ -43,20 +43,23 @@ TINY_IRESNET = dict(blocks=[3, 13, 30, 3], widths=[8, 8, 16, 16], embedding_dim=
 
 
 def randomize_(sd: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
-    """Fill every floating tensor in place with seeded values of a sensible scale."""
-    g = torch.Generator().manual_seed(seed)
+    """Fill every floating tensor in place with seeded values of a sensible scale, drawn on the
+    tensors' device (real-size weights are made on the GPU that runs them, in seconds)."""
+    device = next(iter(sd.values())).device if sd else torch.device("cpu")
+    g = torch.Generator(device=device).manual_seed(seed)
     for name, t in sd.items():
         if not t.is_floating_point():
             continue
+        draw = dict(generator=g, device=t.device)
         if name.endswith("running_var"):
-            val = torch.rand(t.shape, generator=g) + 0.5
+            val = torch.rand(t.shape, **draw) + 0.5
         elif t.ndim <= 1 and ("norm" in name or "bn" in name or name.endswith(("features.weight", "ln.weight"))) and name.endswith("weight"):
-            val = 1.0 + 0.1 * torch.randn(t.shape, generator=g)
+            val = 1.0 + 0.1 * torch.randn(t.shape, **draw)
         elif t.ndim <= 1:
-            val = 0.1 * torch.randn(t.shape, generator=g)
+            val = 0.1 * torch.randn(t.shape, **draw)
         else:
             fan_in = max(1, t[0].numel())
-            val = torch.randn(t.shape, generator=g) / math.sqrt(fan_in)
+            val = torch.randn(t.shape, **draw) / math.sqrt(fan_in)
         t.copy_(val.to(t.dtype))
     return sd
 
@@ -285,3 +288,44 @@ def driving_frames(count: int = 20, size=(96, 128)):
         frames[i, 20:90, x:x + 20] = (60, 120, 200)
         frames[i, 8:20, x + 4:x + 16] = (220, 180, 150)
     return frames
+
+
+# The smallest decoder both classes build alike with SVD's 8x upscale (four levels): GroupNorm's 32 groups
+# need widths of 32 or more, and diffusers' mid block only matches ldm's fixed two resnets at
+# layers_per_block = num_res_blocks = 2.
+TINY_VIDEO_DECODER = dict(ch=32, out_ch=3, ch_mult=[1, 1, 2, 2], num_res_blocks=2, attn_resolutions=[], dropout=0.0,
+                          in_channels=3, resolution=64, z_channels=4, double_z=True, video_kernel_size=[3, 1, 1], alpha=0.0)
+
+
+def tiny_video_decoder_state_dict(seed: int = 11, config: dict = TINY_VIDEO_DECODER) -> dict[str, torch.Tensor]:
+    """A ``VideoDecoder`` state dict of ``config`` with every tensor random, norms and blend factors too,
+    so a swapped, transposed or skipped tensor shows in the output (default inits hide many: unit norms,
+    zero biases, mix_factor 0)."""
+    from comfy.ldm.modules.temporal_ae import VideoDecoder
+
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in VideoDecoder(**config).state_dict().items()}
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for name, shape in shapes.items():
+        if name.endswith("mix_factor"):
+            val = 2.0 * torch.randn(shape, generator=g)   # blends far from 50/50, both ways
+        elif len(shape) == 1 and name.endswith("weight"):   # norm scales
+            val = 1.0 + 0.2 * torch.randn(shape, generator=g)
+        elif len(shape) == 1:
+            val = 0.1 * torch.randn(shape, generator=g)
+        else:
+            val = torch.randn(shape, generator=g) / shape[1:].numel() ** 0.5
+        sd[name] = val
+    return sd
+
+
+class DecoderOnlyVAE:
+    """Stands in for ComfyUI's VAE object where only its decoder matters (``fresh_decoder`` reads
+    ``get_sd()`` alone): a tiny temporal decoder, which ComfyUI's VAE class cannot hold (it fixes SVD's size)."""
+
+    def __init__(self, decoder_sd):
+        self._sd = {f"decoder.{k}": v for k, v in decoder_sd.items()}
+
+    def get_sd(self):
+        return self._sd

@@ -13,9 +13,12 @@ import torch.nn.functional as F
 
 from identity_animator.models.checkpoint import load_state_dict
 from identity_animator.models.face import five_points
-from identity_animator.models.face_refine import (ARCFACE_SIZE, FaceRefiner, FaceTarget, RefineSchedule, arcface_matrix,
-                                                  boxes_from_masks, carried_box, clip_box, crop_window, face_crops,
-                                                  frame_targets, identity_loss, reference_embedding, reference_target)
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from identity_animator.models.face_refine import (ARCFACE_SIZE, ChunkCrops, FaceRefiner, FaceTarget, RefineSchedule,
+                                                  arcface_matrix, as_target, boxes_from_masks, carried_box, clip_box,
+                                                  crop_window, face_crops, frame_targets, identity_loss,
+                                                  reference_embedding, reference_target)
 from identity_animator.models.iresnet import IResNet
 from identity_animator.models.samplers import sample_euler, sample_heun_churn
 
@@ -216,6 +219,117 @@ def test_crop_decode_cuts_the_same_faces_as_full_frame_decode(arcface, margin):
         full = FaceRefiner(dec, arcface, ref, targets, RefineSchedule(), crop=False).chunk_loss(z, [0, 1, 2])
         crop = FaceRefiner(dec, arcface, ref, targets, RefineSchedule(), crop=True, margin=margin).chunk_loss(z, [0, 1, 2])
     assert torch.allclose(full, crop, atol=1e-6)
+
+
+# --- a chunk at a time: the same loss and gradient, no host syncs ----------------------------------
+
+class OpLog(TorchDispatchMode):
+    """The names of the aten ops run under it."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.__name__.split(".")[0])
+        return func(*args, **(kwargs or {}))
+
+
+def mixed_targets():
+    """Aligned faces (one running off the frame), box faces upsampled and downsampled, a skipped frame."""
+    return [FaceTarget.aligned(FACE5, 128, 128), (19, 21, 61, 57), None,
+            FaceTarget.aligned(similarity(FACE5, 1.3, -10, (-40, 30)), 128, 128), (8, 4, 126, 124),
+            FaceTarget.aligned(similarity(FACE5, 0.8, 25, (12, -6)), 128, 128)]
+
+
+def per_frame_loss_and_grad(dec, arcface, ref, targets, z, chunk, margin, crop):
+    """The refiner's loss and gradient re-stated with the per-frame cut (``face_crops``), as the refiner
+    computed them before it cut a chunk at once."""
+    z = z.clone().requires_grad_(True)
+    frames = [k for k, t in enumerate(targets) if t is not None]
+    h, w, total = z.shape[-2] * 8, z.shape[-1] * 8, 0.0
+    for c in range(0, len(frames), chunk):
+        idx = frames[c:c + chunk]
+        faces = [as_target(targets[k]) for k in idx]
+        x0, y0, x1, y1 = crop_window([t.box for t in faces], h, w, margin) if crop else (0, 0, w, h)
+        pixels = dec(z[idx][:, :, y0 // 8:y1 // 8, x0 // 8:x1 // 8]).clamp(-1, 1)
+        loss = identity_loss(arcface(face_crops(pixels, faces, [(x0, y0)] * len(idx))), ref) * (len(idx) / len(frames))
+        loss.backward()
+        total += float(loss)
+    return total, z.grad
+
+
+@pytest.mark.parametrize("chunk,crop", [(2, True), (3, True), (6, True), (3, False)])
+def test_chunk_cut_gives_the_per_frame_loss_and_gradient(arcface, chunk, crop):
+    """Mixed framings, a skipped frame (chunk 3 gathers frames 0, 1, 3), crop and full-frame decode: the
+    latent's gradient is the per-frame cut's bit for bit, the loss (summed on the device in fp32 rather
+    than on the host in fp64) within 1e-6."""
+    dec, ref, _, _ = setup(arcface)
+    z = torch.randn(6, 4, 16, 16, generator=torch.Generator().manual_seed(5))
+    targets = mixed_targets()
+    want_loss, want_grad = per_frame_loss_and_grad(dec, arcface, ref, targets, z, chunk, 8, crop)
+    refiner = FaceRefiner(dec, arcface, ref, targets, RefineSchedule(), margin=8, chunk=chunk, crop=crop)
+    zz = z.clone().requires_grad_(True)
+    loss = refiner.loss_and_grad(zz)
+    assert isinstance(loss, torch.Tensor) and loss.dim() == 0
+    assert float(loss) == pytest.approx(want_loss, rel=1e-6)
+    assert torch.equal(zz.grad, want_grad)
+    assert zz.grad[2].abs().sum() == 0 and zz.grad[0].abs().sum() > 0
+    assert float(refiner.loss(z)) == pytest.approx(want_loss, rel=1e-6)
+
+
+def test_chunk_cut_is_the_per_frame_cut_bit_for_bit():
+    pixels = torch.rand(3, 3, 136, 184, generator=torch.Generator().manual_seed(2)) * 2 - 1   # a 200x160 frame's
+    origin = (16, 0)                                                                           # right part
+    aligned = [FaceTarget.aligned(similarity(FACE5, s, a, (x, y)), 200, 160)
+               for s, a, x, y in ((1.0, 0, 20, 10), (0.7, 30, 40, 30), (1.4, -15, 10, 0))]   # the last runs off the top
+    boxes = [FaceTarget(b) for b in ((24, 16, 56, 60), (30, 40, 128, 112), (60, 20, 100, 100))]
+    for targets in (aligned, boxes, [aligned[0], boxes[1], aligned[2]]):
+        cut = ChunkCrops(targets, origin, 184, 136, pixels.device, pixels.dtype)
+        assert torch.equal(cut(pixels), face_crops(pixels, targets, [origin] * 3))
+    with pytest.raises(ValueError, match="does not contain the face region"):
+        ChunkCrops([FaceTarget((0, 0, 40, 40))], origin, 184, 136, pixels.device, pixels.dtype)
+
+
+def test_aligned_faces_of_a_chunk_are_cut_by_one_grid_sample_whatever_its_frame_count():
+    ops = []
+    for n in (1, 4):
+        targets = [FaceTarget.aligned(similarity(FACE5, 1.0, 5 * k, (k, 2 * k)), 128, 128) for k in range(n)]
+        cut = ChunkCrops(targets, (0, 0), 128, 128, torch.device("cpu"), torch.float32)
+        pixels = torch.rand(n, 3, 128, 128).requires_grad_(True)
+        with OpLog() as log:
+            cut(pixels).sum().backward()
+        ops.append([name for name in log.names if name.startswith("grid_sampler")])
+    assert ops[0] == ops[1] == ["grid_sampler_2d", "grid_sampler_2d_backward"]
+
+
+def test_a_refinement_iteration_reads_nothing_back_and_uploads_nothing(arcface):
+    """After the first pass has built the chunks' crops, neither the gradient pass nor the forward
+    pass reads a device value on the host or copies host data to the device (``lift_fresh``: a tensor
+    made from Python numbers or a list index)."""
+    dec, ref, _, _ = setup(arcface)
+    z = torch.randn(6, 4, 16, 16, generator=torch.Generator().manual_seed(5)).requires_grad_(True)
+    refiner = FaceRefiner(dec, arcface, ref, mixed_targets(), RefineSchedule(), margin=8, chunk=3)
+    refiner.loss_and_grad(z)
+    with OpLog() as log:
+        refiner.loss_and_grad(z)
+        refiner.loss(z)
+    assert "grid_sampler_2d" in log.names
+    assert not {"_local_scalar_dense", "lift_fresh", "lift_fresh_copy", "item"} & set(log.names)
+
+
+def test_arcface_weights_are_frozen_and_get_no_gradients(arcface):
+    """Only the latent is optimised: the loader's network has no trainable weight, so a refined step
+    leaves every ArcFace ``.grad`` unset while the latent gets its gradient."""
+    assert not any(p.requires_grad for p in arcface.parameters())
+    dec, ref, boxes, x0 = setup(arcface)
+    refiner = FaceRefiner(dec, arcface, ref, boxes, RefineSchedule(0, 10, 2, 0.1), margin=8, chunk=2)
+    z = x0.clone().requires_grad_(True)
+    refiner.loss_and_grad(z)
+    assert z.grad is not None and z.grad.abs().sum() > 0
+    out = refiner(x0, 0, 25)
+    assert not torch.equal(out, x0)
+    assert all(p.grad is None for p in arcface.parameters())
 
 
 # --- refinement -----------------------------------------------------------------------------------

@@ -59,6 +59,25 @@ def test_refinement_through_the_svd_decoder_lowers_the_loss(vae, arcface):
                                                               [(0, 0)] * 2)), ref))
     with torch.no_grad():
         assert loss(x) < loss(x0)
+    assert all(p.grad is None for p in arcface.parameters())   # only the latent was optimised
+
+
+def test_load_arcface_gives_frozen_weights_and_the_gradient_reaches_the_latent_only(arcface):
+    """Load ArcFace's network trains nothing: a refinement pass gives the latent its gradient and leaves
+    every ArcFace weight without one (trainable weights had theirs computed and accumulated, never zeroed)."""
+    assert not any(p.requires_grad for p in arcface.parameters())
+    torch.manual_seed(0)
+    dec = torch.nn.Sequential(torch.nn.Conv2d(4, 3 * 64, 3, padding=1), torch.nn.PixelShuffle(8), torch.nn.Tanh())
+    boxes = [(8, 8, 56, 56), (4, 12, 52, 60)]
+    with torch.no_grad():
+        ref = arcface(face_crops(dec(torch.randn(1, 4, 8, 8)), boxes[:1], [(0, 0)]))
+    refiner = FaceRefiner(dec.requires_grad_(False), arcface, ref, boxes, RefineSchedule(0, 20, 2, 0.1), margin=8)
+    z = torch.randn(2, 4, 8, 8).requires_grad_(True)
+    refiner.loss_and_grad(z)
+    assert z.grad is not None and z.grad.abs().sum() > 0
+    with torch.inference_mode():                                   # as ComfyUI samples
+        refiner(torch.randn(2, 4, 8, 8), 0, 25)
+    assert all(p.grad is None for p in arcface.parameters())
 
 
 # --- the node's refiner: precision and framing ----------------------------------------------------

@@ -16,7 +16,7 @@ VENV="${VENV:-$ROOT/.venv}"
 HOST_DIR="$ROOT/.host"
 COMFY="${COMFYUI_DIR:-$HOST_DIR/ComfyUI}"
 PACK_LINK_NAME="comfyui-identity-animator"
-STAMP="$VENV/.identity-animator-host-v3"
+STAMP="$VENV/.identity-animator-host-v4"
 PY="${PYTHON:-python3}"
 CONSTRAINTS="$ROOT/tools/constraints-cpu.txt"
 
@@ -111,6 +111,11 @@ fi
 
 # the browser tests also run the pack in a recent frontend, served through --front-end-root
 VENV="$VENV" bash "$ROOT/tools/setup_frontend.sh"
+
+# the GPU benchmark's bundle (make bench-bundle) carries these wheels; its CPU proof builds one offline
+log "downloading the bench bundle's wheels (for the GPU machine's Python 3.12 and for this one)"
+"$VENV/bin/python" "$ROOT/tools/bench/bundle.py" --fetch-only --python 3.12 >/dev/null
+"$VENV/bin/python" "$ROOT/tools/bench/bundle.py" --fetch-only --python local >/dev/null
 
 mkdir -p "$COMFY/custom_nodes"
 ln -sfn "$ROOT" "$COMFY/custom_nodes/$PACK_LINK_NAME"
