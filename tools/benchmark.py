@@ -158,7 +158,7 @@ def summary_line(res: dict) -> str:
         return res["status"]
     p, b = res["pack"], res["baseline"]
     out = f"pack {p['status']}" + (f" {p['seconds']:.2f} s" if p["seconds"] else "")
-    if b["status"] != "not run":
+    if not b["status"].startswith("not run"):
         out += f", baseline {b['status']}" + (f" {b['seconds']:.2f} s" if b["seconds"] else "")
     return out
 

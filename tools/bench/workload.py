@@ -14,6 +14,7 @@ import json
 import math
 import resource
 import time
+import traceback
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ import torch
 STEPS_OFFICIAL_END = 20 / 25      # refinement on steps 0..20 of 25 (command_op_infer.sh)
 ADM = {"fps": 7, "motion_bucket_id": 127, "augmentation_level": 0.02}
 CFG = 3.0
+OFFICIAL_WINDOW = 16              # inference_op.py's tile size
 
 
 @dataclass
@@ -354,6 +356,13 @@ def refined_steps(steps: int) -> int:
     return min(steps - 1, round(steps * STEPS_OFFICIAL_END)) + 1
 
 
+def _record_failure(part: Part, err: BaseException) -> None:
+    """The status line for the table, and the traceback's end for whoever reads results.json later."""
+    part.status = "out of memory" if _is_oom(err) else f"failed: {type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
+    if not _is_oom(err):
+        part.extra["traceback"] = traceback.format_exception(err)[-12:]
+
+
 def measure_pack(spec: Spec, keys: Path, device) -> Part:
     part = Part()
     try:
@@ -374,7 +383,7 @@ def measure_pack(spec: Spec, keys: Path, device) -> Part:
                 total += refined_steps(spec.steps) * (count_tflop(lambda: run(1)) - per_step)
             part.tflop = total
     except Exception as err:   # one configuration's failure is recorded, the rest still run
-        part.status = "out of memory" if _is_oom(err) else f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        _record_failure(part, err)
     finally:
         _free(device)
     return part
@@ -392,6 +401,10 @@ def measure_baseline(spec: Spec, keys: Path, device) -> Part:
     part = Part()
     if not spec.baseline:
         part.status = "not run"
+        return part
+    if spec.frames < OFFICIAL_WINDOW:
+        # inference_op.py's window list is empty below one window: the official code cannot run it
+        part.status = f"not run: the official pipeline needs at least {OFFICIAL_WINDOW} frames"
         return part
     try:
         run = BaselineRun(spec, keys, device)
@@ -419,7 +432,7 @@ def measure_baseline(spec: Spec, keys: Path, device) -> Part:
             tflop += refined_steps(spec.steps) * (count_tflop(lambda: run(1, max_refine_steps=1)) - per_step)
         part.tflop = tflop
     except Exception as err:
-        part.status = "out of memory" if _is_oom(err) else f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        _record_failure(part, err)
         if part.status == "out of memory":
             part.peak_gib = _peak_gib(device)
     finally:
