@@ -111,10 +111,14 @@ class AnimationDecode(Node):
         frames = decode_chunks(decode, samples, chunk_size)
         if frames.ndim == 5:   # video VAEs may return [B, T, H, W, C]
             frames = frames.flatten(0, 1)
-        rate = Fraction(fps).limit_denominator(1001)
-        video = InputImpl.VideoFromComponents(Types.VideoComponents(images=frames, audio=_fit_audio(audio, frames.shape[0], rate),
-                                                                    frame_rate=rate))
-        return io.NodeOutput(frames, video)
+        return io.NodeOutput(frames, frames_to_video(frames, fps, audio))
+
+
+def frames_to_video(frames, fps: float, audio=None):
+    """IMAGE frames as a VIDEO at ``fps``, with ``audio`` cut to their length (Save Video's input)."""
+    rate = Fraction(fps).limit_denominator(1001)
+    return InputImpl.VideoFromComponents(Types.VideoComponents(images=frames, audio=_fit_audio(audio, frames.shape[0], rate),
+                                                               frame_rate=rate))
 
 
 NODES = [AnimationDecode]
