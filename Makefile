@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test compat demo convert clean train-align eval-align bench bench-bundle models
+.PHONY: setup test compat demo convert clean train-align eval-align bench bench-bundle models eval
 
 setup:
 	bash tools/setup_host.sh
@@ -44,6 +44,11 @@ bench: setup
 # carry it and run tools/bench/run_on_device.sh there (docs/benchmarks.md)
 bench-bundle: setup
 	$(PY) tools/bench/bundle.py
+
+# L1/PSNR/SSIM/LPIPS per video and FVD over the set, generated against ground truth (docs/evaluation.md):
+#   make eval ARGS="out/dance.mp4 data/dance.mp4 --out report"   (LPIPS/FVD weights: ComfyUI/models/evaluation)
+eval: setup
+	$(PY) tools/evaluate.py $(ARGS)
 
 # model files: list / check / download (ARGS="download --all")
 models:

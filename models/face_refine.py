@@ -414,6 +414,10 @@ class FaceRefiner:
         emb = self.arcface(crops.to(next(self.arcface.parameters())))
         return identity_loss(emb, self.ref)
 
+    def _share(self, idx, n: int) -> float:
+        """The chunk's weight in the mean over all refined faces (one face per frame here)."""
+        return len(idx) / n
+
     # The losses stay on the device: reading one on the host (float()) would stall the launch queue at
     # every chunk. __call__ reads them once per refined step.
 
@@ -423,7 +427,7 @@ class FaceRefiner:
         n, total = len(self.frames()), None
         for idx in self.chunks():
             self.check_cancel()
-            loss = self.chunk_loss(z, idx) * (len(idx) / n)
+            loss = self.chunk_loss(z, idx) * self._share(idx, n)
             loss.backward()
             total = loss.detach() if total is None else total + loss.detach()
         return z.new_zeros(()) if total is None else total
@@ -434,7 +438,7 @@ class FaceRefiner:
         with torch.no_grad():
             for idx in self.chunks():
                 self.check_cancel()
-                loss = self.chunk_loss(z, idx) * (len(idx) / n)
+                loss = self.chunk_loss(z, idx) * self._share(idx, n)
                 total = loss if total is None else total + loss
         return z.new_zeros(()) if total is None else total
 
@@ -467,3 +471,62 @@ class FaceRefiner:
         if self.on_step is not None:
             self.on_step(step, 1.0 - before, 1.0 - after)
         return refined
+
+
+class MultiFaceRefiner(FaceRefiner):
+    """:class:`FaceRefiner` for several people: each frame may show several faces, and each face is
+    pulled towards its own person's reference embedding.
+
+    ``ref_embs``: one ``[1, D]`` embedding per person; ``person_targets``: per person, the per-frame
+    targets as :func:`frame_targets` gives them (``None`` = that person's face is not refined in that
+    frame). Each frame is decoded once per chunk, whatever the number of faces in it; the window holds
+    every face of the chunk. The loss is the mean of ``|1 - cos|`` over every (frame, person) face, so
+    one person's face with its own reference counts like any single-person frame does.
+    """
+
+    def __init__(self, decode, arcface, ref_embs, person_targets, schedule: RefineSchedule, **kwargs):
+        lengths = {len(t) for t in person_targets}
+        if len(ref_embs) != len(person_targets) or len(lengths) != 1:
+            raise ValueError("MultiFaceRefiner needs one reference embedding and one per-frame target list per "
+                             "person, all lists as long as the video.")
+        n = lengths.pop()
+        faces = [[(p, as_target(ts[k])) for p, ts in enumerate(person_targets) if ts[k] is not None] for k in range(n)]
+        # the base class's per-frame targets: a frame is refined when any person's face is in it
+        super().__init__(decode, arcface, torch.cat(list(ref_embs)), [f[0][1] if f else None for f in faces],
+                         schedule, **kwargs)
+        self.faces = faces
+        self._rows: dict[tuple, tuple] = {}
+
+    def window(self, idx, height: int, width: int) -> tuple[int, int, int, int]:
+        if not self.crop:
+            return 0, 0, width, height
+        return crop_window([t.box for k in idx for _, t in self.faces[k]], height, width, self.margin)
+
+    def _share(self, idx, n: int) -> float:
+        total = sum(len(f) for f in self.faces)
+        return sum(len(self.faces[k]) for k in idx) / total
+
+    def _chunk_rows(self, idx, device):
+        """For a chunk: which decoded frame each face is cut from, and whose reference it is compared with."""
+        key = (tuple(idx), device)
+        if key not in self._rows:
+            rows = [r for r, k in enumerate(idx) for _ in self.faces[k]]
+            persons = [p for k in idx for p, _ in self.faces[k]]
+            with torch.inference_mode(False):
+                self._rows[key] = (torch.tensor(rows, device=device), torch.tensor(persons, device=device))
+        return self._rows[key]
+
+    def chunk_loss(self, z: torch.Tensor, idx: list[int]) -> torch.Tensor:
+        s = LATENT_SCALE
+        x0, y0, x1, y1 = self.window(idx, z.shape[-2] * s, z.shape[-1] * s)
+        lat = self._chunk_frames(z, idx)[:, :, y0 // s:y1 // s, x0 // s:x1 // s]
+        pixels = self.decode(lat).clamp(-1.0, 1.0)
+        rows, persons = self._chunk_rows(idx, pixels.device)
+        per_face = pixels.index_select(0, rows)
+        key = ("faces", tuple(idx), (x0, y0), tuple(pixels.shape[-2:]), pixels.device, pixels.dtype)
+        if key not in self._cuts:
+            self._cuts[key] = ChunkCrops([t for k in idx for _, t in self.faces[k]], (x0, y0), pixels.shape[-1],
+                                         pixels.shape[-2], pixels.device, pixels.dtype)
+        crops = self._cuts[key](per_face)
+        emb = self.arcface(crops.to(next(self.arcface.parameters())))
+        return identity_loss(emb, self.ref.to(emb.device).index_select(0, persons.to(emb.device)))

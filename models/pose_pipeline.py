@@ -138,7 +138,195 @@ def align_video(ref: PoseFrame, driving: list[PoseFrame], mode: str, *, referenc
 
             to_px = lambda a, size: a * np.array(size, float)
             transform = refine(learnable, to_px(rp.body, ref_size), rp.body_score, to_px(xy, drv_size), sc, transform)
+            report.notes += list(getattr(transform, "notes", ()))   # the guard's reason, when it stepped in
     report.transform, report.fit_frames = transform, idx
     fn = lambda pts: apply_normalised(transform, pts, drv_size, ref_size)
     out = [PoseFrame(ref.width, ref.height, [p.mapped(fn) for p in fr.people]) for fr in driving]
     return out, report
+
+
+# ---- several people (issue 15 part 3): each driving person on its own reference person ----------
+
+PEOPLE = ("one", "all")
+TRACK_GATE = 0.35     # farthest a body centre may move between two sightings, in canvas long sides
+BRIEF_SHARE = 0.1     # a driving person seen in fewer than this share of the frames is a passing detection
+
+
+def body_centre(p: Person, width: int, height: int) -> np.ndarray | None:
+    """Mean of the sure body joints in units of the canvas's longer side (so x and y count alike)."""
+    vis = p.body_score > VISIBLE
+    if not vis.any():
+        return None
+    return p.body[vis].mean(0) * np.array([width, height], float) / max(width, height)
+
+
+def track_people(frames: list[PoseFrame], gate: float = TRACK_GATE) -> list[list[int | None]]:
+    """Follow every credible driving person through the video: ``tracks[k][f]`` is the index of
+    driving person ``k`` in ``frames[f].people``, or None where that person is not seen.
+
+    DWPose lists people largest first in every frame, so an index is not an identity: two dancers
+    swap places in the list whenever the one behind comes nearer the camera. Here each frame's people
+    are matched to the people already followed by the distance of their body centres to where each
+    was last seen (Hungarian assignment, so the closest overall pairing wins), at most ``gate`` canvas
+    long sides away; anyone left over starts a new person. Numbering: largest first in the first frame
+    that shows anybody, then in order of appearance (so person 0 is ``driving_person`` 0 of that frame).
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    tracks: list[list[int | None]] = []
+    last: list[np.ndarray] = []
+    for f, fr in enumerate(frames):
+        seen = [(i, c) for i, p in enumerate(fr.people)
+                if credible(p) and (c := body_centre(p, fr.width, fr.height)) is not None]
+        for t in tracks:
+            t.append(None)
+        unmatched = list(range(len(seen)))
+        if tracks and seen:
+            cost = np.array([[float(np.linalg.norm(c - prev)) for prev in last] for _, c in seen])
+            rows, cols = linear_sum_assignment(cost)
+            for r, k in zip(rows, cols):
+                if cost[r, k] <= gate:
+                    i, c = seen[r]
+                    tracks[k][f], last[k] = i, c
+                    unmatched.remove(r)
+        for r in unmatched:   # already in the detector's largest-first order
+            i, c = seen[r]
+            tracks.append([None] * f + [i])
+            last.append(c)
+    return tracks
+
+
+def parse_people_mapping(text: str | None) -> list[tuple[int, int]]:
+    """``"0:1, 1:0"`` -> ``[(0, 1), (1, 0)]``: driving person -> reference person. Empty text = no
+    mapping. Pairs are separated by commas, semicolons or spaces; each side at most once.
+    Raises :class:`AlignmentError` with what is wrong and how to write it."""
+    pairs: list[tuple[int, int]] = []
+    for token in (text or "").replace(";", ",").replace(",", " ").split():
+        d, sep, r = token.partition(":")
+        if not sep or not d.strip().isdigit() or not r.strip().isdigit():
+            raise AlignmentError(f"{token!r} is not a pair 'driving:reference' of person numbers. Write pairs such as "
+                                 "0:1, 1:0 (driving person 0 becomes reference person 1 and 1 becomes 0), or leave it "
+                                 "empty to match people by position.")
+        pairs.append((int(d), int(r)))
+    for side, name in ((0, "driving"), (1, "reference")):
+        numbers = [p[side] for p in pairs]
+        twice = sorted({n for n in numbers if numbers.count(n) > 1})
+        if twice:
+            raise AlignmentError(f"{name} person {twice[0]} is named twice; each person may appear once on each side "
+                                 "of the pairs (e.g. 0:1, 1:0).")
+    return pairs
+
+
+def _order_left_to_right(centres: dict[int, np.ndarray]) -> list[int]:
+    return sorted(centres, key=lambda k: (float(centres[k][0]), k))
+
+
+def match_by_position(ref: PoseFrame, ref_ids: list[int], driving: list[PoseFrame],
+                      tracks: list[list[int | None]], track_ids: list[int]) -> list[tuple[int, int]]:
+    """Pairs (driving person, reference person) by left-to-right order of body centres: the
+    reference's people, and the driving people where they first stand together (the first frame that
+    shows all of them; failing that, each one's first sighting)."""
+    ref_c = {i: body_centre(ref.people[i], ref.width, ref.height) for i in ref_ids}
+    together = next((f for f in range(len(driving)) if all(tracks[k][f] is not None for k in track_ids)), None)
+    drv_c = {}
+    for k in track_ids:
+        f = together if together is not None else next(f for f, i in enumerate(tracks[k]) if i is not None)
+        fr = driving[f]
+        drv_c[k] = body_centre(fr.people[tracks[k][f]], fr.width, fr.height)
+    return list(zip(_order_left_to_right(drv_c), _order_left_to_right(ref_c)))
+
+
+def _empty_person(slot: int) -> Person:
+    """A stand-in for a person not seen in a frame, so that person ``k`` of the output is the same
+    dancer in every frame (Face Boxes' ``person``). Nothing of it is drawn: every score is 0."""
+    return Person(body=np.zeros((18, 2)), body_score=np.zeros(18), rank=1000 + slot)
+
+
+def align_people(ref: PoseFrame, driving: list[PoseFrame], mode: str, *, mapping: str = "", fit_frames: int = 8,
+                 allow_rotation: bool = True, learnable=None) -> tuple[list[PoseFrame], AlignReport, list[tuple[int, int]]]:
+    """Pose Align's ``people: all``: every driving person on its own reference person, one fit each.
+
+    Driving people are followed through the video (:func:`track_people`), paired with reference
+    people by ``mapping`` (``"driving:reference, ..."``) or, without one, by left-to-right order
+    (:func:`match_by_position`; the counts must then be equal). Each pair is fitted exactly as
+    :func:`align_video` fits one person (same modes, same ``fit_frames``), on the frames where that
+    driving person is seen; for ``official`` that is every such frame (with several dancers no
+    frame shows exactly one person). Output person ``k`` is the pair with the k-th smallest
+    reference number, in every frame (a stand-in with no sure joint where that dancer is not seen);
+    unpaired driving people are left out. Returns the frames, the report and the pairs in output order.
+    """
+    if mode not in MODES:
+        raise ValueError(f"Unknown alignment mode {mode!r}; choose one of {MODES}.")
+    if not driving:
+        raise AlignmentError("The driving pose sequence is empty.")
+    pairs = parse_people_mapping(mapping)
+    ref_ids = [i for i, p in enumerate(ref.people) if credible(p)]
+    if not ref_ids:
+        raise AlignmentError("no person was found in the reference pose (reference_pose). Use a reference where the "
+                             "whole upper body of every person is visible.")
+    tracks = track_people(driving)
+    if not tracks:
+        raise AlignmentError("no person was found in any driving frame (driving_pose); check the driving video's "
+                             "keypoints.")
+    brief_min = max(1, int(np.ceil(BRIEF_SHARE * len(driving))))
+    seen = [sum(i is not None for i in t) for t in tracks]
+    counted = [k for k in range(len(tracks)) if seen[k] >= brief_min]
+    notes = []
+    brief = [k for k in range(len(tracks)) if k not in counted]
+    if pairs:
+        for d, r in pairs:
+            if d >= len(tracks):
+                raise AlignmentError(f"people_mapping names driving person {d}, but the driving video shows "
+                                     f"{len(tracks)} people (0-{len(tracks) - 1}: largest first in the first frame, "
+                                     "then in order of appearance). Fix the pair in people_mapping.")
+            if r >= len(ref.people) or not credible(ref.people[r]):
+                shown = len(ref.people)
+                raise AlignmentError(f"people_mapping names reference person {r}, but the reference shows "
+                                     f"{len(ref_ids)} person(s) with a sure body joint ({', '.join(map(str, ref_ids))}, "
+                                     f"largest first, of {shown} found). Fix the pair in people_mapping.")
+        how = "by people_mapping"
+    else:
+        if brief:
+            notes.append(f"driving person(s) {brief} seen in fewer than {brief_min} frame(s) are passing detections "
+                         "and left out (name one in people_mapping to keep it)")
+        if len(counted) != len(ref_ids):
+            raise AlignmentError(
+                f"people is all, but the reference shows {len(ref_ids)} {'person' if len(ref_ids) == 1 else 'people'} "
+                f"and the driving video {len(counted)}; give a mapping such as "
+                f"{', '.join(f'{k}:{i}' for k, i in zip(counted, ref_ids)) or '0:0'} in people_mapping, or set people "
+                "to one and pick one person with driving_person.")
+        pairs = match_by_position(ref, ref_ids, driving, tracks, counted)
+        how = "by position, left to right"
+    pairs = sorted(pairs, key=lambda p: p[1])
+    left_out = [k for k in counted if k not in {d for d, _ in pairs}]
+    if left_out:
+        notes.append(f"driving person(s) {left_out} are not in people_mapping and are left out")
+    report = AlignReport(mode, None)
+    report.notes.append(f"people: all, {len(pairs)} pair(s) {how}: "
+                        + ", ".join(f"driving {d} -> reference {r}" for d, r in pairs)
+                        + f" (output person k is the k-th pair)")
+    report.notes += notes
+    out_people: list[list[Person]] = [[] for _ in driving]
+    for slot, (d, r) in enumerate(pairs):
+        frames_of = [f for f, i in enumerate(tracks[d]) if i is not None]
+        sub = [PoseFrame(driving[f].width, driving[f].height, [driving[f].people[tracks[d][f]]]) for f in frames_of]
+        try:
+            aligned, rep = align_video(ref, sub, mode, reference_person=r, driving_person=0, fit_frames=fit_frames,
+                                       allow_rotation=allow_rotation, learnable=learnable)
+        except AlignmentError as exc:
+            raise AlignmentError(f"driving person {d} -> reference person {r}: {exc}") from None
+        placed = dict(zip(frames_of, aligned))
+        for f in range(len(driving)):
+            out_people[f].append(placed[f].people[0] if f in placed else _empty_person(slot))
+        lines = rep.text().splitlines()[1:]
+        if rep.fit_frames:   # numbered in the whole video, not in this person's frames
+            lines = [l for l in lines if not l.startswith("fitted on")]
+            real = [frames_of[i] for i in rep.fit_frames]
+            lines.append(f"fitted on {len(real)} frame(s): {real[:12]}{' ...' if len(real) > 12 else ''}")
+        missing = len(driving) - len(frames_of)
+        if missing:
+            lines.append(f"not seen in {missing} frame(s)")
+        report.notes.append(f"person {slot} (driving {d} -> reference {r}): " + "; ".join(
+            l for l in lines if not l.startswith("reference shows")))
+    out = [PoseFrame(ref.width, ref.height, people) for people in out_people]
+    return out, report, pairs

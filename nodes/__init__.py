@@ -6,10 +6,10 @@ from .folders import register_model_folders
 
 class IdentityAnimatorExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        from . import animation, decode, face, inputs, loaders, pose, refine, sampling
+        from . import animation, color, decode, evaluate, face, inputs, loaders, pose, refine, sampling
 
         return [*inputs.NODES, *loaders.NODES, *pose.NODES, *face.NODES, *animation.NODES, *sampling.NODES, *refine.NODES,
-                *decode.NODES]
+                *decode.NODES, *color.NODES, *evaluate.NODES]
 
 
 def create_extension() -> IdentityAnimatorExtension:

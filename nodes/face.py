@@ -193,7 +193,9 @@ class FaceBoxes(Node):
                                "identity comparison only when face_landmarks is not connected. Grow each box by this "
                                "fraction of its size on every side."),
                 io.Int.Input("person", default=0, min=0, max=32, tooltip="Whose face to refine when several people are "
-                             "in the video: 0 is the largest, then the next. Whose face, largest first."),
+                             "in the video: 0 is the largest, then the next. After Pose Align with people all, person "
+                             "k is the same dancer in every frame (the k-th pair of its report); use one Face Boxes "
+                             "per person."),
             ],
             outputs=[
                 io.Mask.Output(display_name="face_masks",

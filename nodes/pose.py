@@ -14,7 +14,10 @@ import comfy.utils
 from comfy_api.latest import io
 
 from ..models import keypoints as kp
-from ..models.pose_pipeline import MODES, align_video, credible, frame_from_wholebody
+from ..models.expression import FACE_MODES, ExpressionError, transfer_video
+from ..models.pose_align import AlignmentError
+from ..models.pose_pipeline import (MODES, PEOPLE, align_people, align_video, credible, frame_from_wholebody,
+                                     parse_people_mapping)
 from ..models.skeleton import CANVAS_SHORT_SIDE, canvas_problem, canvas_size, draw_skeleton
 from . import types
 from .validation import InputError, Node, generation_size_problem, known, memory_problem, verdict
@@ -165,7 +168,10 @@ def _load_learnable():
 
 class PoseAlign(Node):
     """Fits the driving skeleton to the reference body once for the whole video and applies it to
-    every frame, so identity is not lost to a skeleton of the wrong size or place."""
+    every frame, so identity is not lost to a skeleton of the wrong size or place. With face
+    reference_shape the face points keep the reference's face shape and copy only the driver's
+    expression and head motion. With people all, each dancer is fitted to their own person in the
+    reference and all of them are drawn."""
 
     @classmethod
     def define_schema(cls):
@@ -195,23 +201,85 @@ class PoseAlign(Node):
                 io.Image.Input("reference_image", optional=True,
                                tooltip="Connect the reference picture to see the aligned driving skeleton drawn over it "
                                "in the preview."),
+                # last and optional: workflows saved before it keep their widget order and draw as before
+                io.Combo.Input("face", options=list(FACE_MODES), default="driver", optional=True,
+                               tooltip="reference_shape: the skeleton's face keeps your reference's face shape (eye "
+                               "distance, face width, where the mouth and brows sit) and copies only the dancer's "
+                               "expression and head movement: mouth opening, blinks, brow raises, head turns, tilts "
+                               "and moves. Use it when the dancer's face is shaped differently from your "
+                               "character's; the reference needs a clearly visible face. driver: the dancer's own "
+                               "face points, moved with the body, as StableAnimator does (the default, so saved "
+                               "workflows draw the same skeletons)."),
+                io.Combo.Input("people", options=list(PEOPLE), default="one", optional=True,
+                               tooltip="all: when the reference and the video show several people, every dancer is "
+                               "fitted to their own person in the reference (left to right, or as people_mapping "
+                               "says) and all of them are drawn; each dancer is followed through the video so two "
+                               "dancers never swap. one: only driving_person is fitted to reference_person (the "
+                               "default, as before); everyone in the video is moved by that one fit."),
+                io.String.Input("people_mapping", default="", optional=True,
+                                tooltip="people all only: who becomes whom, when left-to-right order is wrong or the "
+                                "counts differ. Pairs 'dancer:reference person', e.g. 0:1, 1:0 swaps two people. "
+                                "Numbers count largest first: reference people as in the reference picture, dancers "
+                                "as in the video's first frame (later arrivals next). Dancers not named are left out. "
+                                "Empty: matched left to right."),
             ],
             outputs=[
-                types.PoseKeypoint.Output(display_name="aligned_pose", tooltip="Driving keypoints on the reference canvas."),
-                io.String.Output(display_name="report", tooltip="The fitted transform and the frames used."),
+                types.PoseKeypoint.Output(display_name="aligned_pose", tooltip="Driving keypoints on the reference "
+                                          "canvas; with people all, person k is the same dancer in every frame, "
+                                          "paired with the k-th reference person named (Face Boxes' person k)."),
+                io.String.Output(display_name="report", tooltip="The fitted transform and the frames used; with face "
+                                 "reference_shape, also how the face was transferred."),
             ],
         )
 
+    rule_inputs = ('people_mapping',)
+
+    @classmethod
+    def rules(cls, values):
+        mapping = values.get("people_mapping")
+        if not isinstance(mapping, str):
+            return None
+        try:
+            parse_people_mapping(mapping)
+        except AlignmentError as exc:
+            return f"people_mapping: {exc}"
+        return None
+
     @classmethod
     def execute(cls, reference_pose, driving_pose, mode, allow_rotation, fit_frames, reference_person,
-                driving_person, reference_image=None) -> io.NodeOutput:
+                driving_person, reference_image=None, face=None, people=None, people_mapping=None) -> io.NodeOutput:
         ref = kp.from_pose_keypoint(reference_pose)
         if len(ref) != 1:
             logger.warning("Pose Align: the reference pose has %d frames; using the first", len(ref))
         learnable = _load_learnable() if mode == "learnable" else None
-        frames, report = align_video(ref[0], kp.from_pose_keypoint(driving_pose), mode,
-                                     reference_person=reference_person, driving_person=driving_person,
-                                     fit_frames=fit_frames, allow_rotation=allow_rotation, learnable=learnable)
+        if people == "all":
+            try:
+                frames, report, pairs = align_people(ref[0], kp.from_pose_keypoint(driving_pose), mode,
+                                                     mapping=people_mapping or "", fit_frames=fit_frames,
+                                                     allow_rotation=allow_rotation, learnable=learnable)
+            except AlignmentError as exc:
+                raise InputError(f"Pose Align: {exc}") from None
+        else:
+            frames, report = align_video(ref[0], kp.from_pose_keypoint(driving_pose), mode,
+                                         reference_person=reference_person, driving_person=driving_person,
+                                         fit_frames=fit_frames, allow_rotation=allow_rotation, learnable=learnable)
+            pairs = [(driving_person, reference_person)]
+            if (people_mapping or "").strip():
+                note = "people_mapping is ignored while people is one; set people to all to use it"
+                logger.warning("Pose Align: %s", note)
+                report.notes.append(note)
+        if face == "reference_shape":
+            # one: the followed person's list position; all: output person k is the k-th pair
+            slots = [driving_person] if people != "all" else range(len(pairs))
+            for slot, (_, ref_person) in zip(slots, pairs):
+                try:
+                    frames, notes = transfer_video(ref[0], frames, ref_person, slot)
+                except ExpressionError as exc:
+                    # an explicit choice that cannot be honoured: refused, not quietly drawn with the driver's face
+                    raise InputError(f"Pose Align: face is reference_shape, but the reference pose (reference_pose, "
+                                     f"person {ref_person}) {exc}. Use a reference image in which the face is "
+                                     "clearly visible and turned towards the camera, or set face to driver.") from None
+                report.notes += notes if people != "all" else [f"person {slot}: {n}" for n in notes]
         text = report.text()
         logger.info("Pose Align: %s", text.replace("\n", "; "))
         value = kp.to_pose_keypoint(frames)

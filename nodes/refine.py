@@ -17,11 +17,11 @@ import comfy.model_management as mm
 import comfy.samplers
 from comfy_api.latest import io
 
-from ..models.face_refine import (FRAMINGS, FaceRefiner, RefineSchedule, boxes_from_masks, frame_targets,
-                                  reference_embedding, reference_target)
+from ..models.face_refine import (FRAMINGS, FaceRefiner, MultiFaceRefiner, RefineSchedule, boxes_from_masks,
+                                  frame_targets, reference_embedding, reference_target)
 from ..models.samplers import sample_euler, sample_heun_churn
 from . import types
-from .validation import Node, known, verdict
+from .validation import InputError, Node, known, verdict
 from .vae_decoder import fresh_decoder
 
 logger = logging.getLogger(__name__)
@@ -73,17 +73,30 @@ class RefineSamplerFunction:
     def video_problem(self, frames: int, height: int, width: int) -> str | None:
         """A message when the face masks or landmarks do not fit a video of this size, else None."""
         o = self.opts
-        masks, marks = o["face_masks"], o["face_landmarks"]
         if not o["enabled"]:
             return None
-        if masks.shape[0] != frames or tuple(masks.shape[1:]) != (height, width):
-            return (f"face_masks are {masks.shape[0]} frames of {masks.shape[2]}x{masks.shape[1]} but the video is "
-                    f"{frames} frames of {width}x{height}: build them with Face Boxes from the same poses, at the "
-                    "generation size (Render Skeleton's width and height).")
-        if marks is not None and (len(marks) != frames or (marks.width, marks.height) != (width, height)):
-            return (f"face_landmarks are {len(marks)} frames of {marks.width}x{marks.height} but the video is "
-                    f"{frames} frames of {width}x{height}: take them from the same Face Boxes as the masks.")
+        for suffix, masks, marks in [("", o["face_masks"], o["face_landmarks"])] + [
+                ("_2", o["face_masks_2"], o["face_landmarks_2"])] * (o.get("face_2") is not None):
+            if masks.shape[0] != frames or tuple(masks.shape[1:]) != (height, width):
+                return (f"face_masks{suffix} are {masks.shape[0]} frames of {masks.shape[2]}x{masks.shape[1]} but the "
+                        f"video is {frames} frames of {width}x{height}: build them with Face Boxes from the same poses, "
+                        "at the generation size (Render Skeleton's width and height).")
+            if marks is not None and (len(marks) != frames or (marks.width, marks.height) != (width, height)):
+                return (f"face_landmarks{suffix} are {len(marks)} frames of {marks.width}x{marks.height} but the video "
+                        f"is {frames} frames of {width}x{height}: take them from the same Face Boxes as the masks.")
         return None
+
+    def _person_targets(self, face, masks, marks, framing, width, height, ref_w, ref_h, name):
+        """(reference target, per-frame targets, framing used) for one person's face."""
+        if marks is None:
+            logger.warning("Face refinement: face_landmarks%s is not connected, so faces are cut from boxes (the "
+                           "reference from Face Embed's detector box, the frames from the face masks), which frame "
+                           "faces differently. Connect Face Boxes' face_landmarks for framing '%s'.", name, framing)
+            framing = "official"
+        ref_target = reference_target(face.bbox, face.kps, framing, ref_w, ref_h)
+        targets = frame_targets(boxes_from_masks(masks), None if marks is None else marks.points, framing,
+                                face.bbox, face.kps, width, height)
+        return ref_target, targets, framing
 
     def build(self, model, x: torch.Tensor) -> FaceRefiner:
         """The refiner for a video latent ``x [frames, 4, h, w]``: checks the face masks and landmarks
@@ -93,30 +106,29 @@ class RefineSamplerFunction:
         problem = self.video_problem(frames, height, width)
         if problem:
             raise ValueError(f"Face Refine Sampler: {problem}")
-        masks, marks = o["face_masks"], o["face_landmarks"]
-        framing = o["framing"]
-        if marks is None:
-            logger.warning("Face refinement: face_landmarks is not connected, so faces are cut from boxes (the "
-                           "reference from Face Embed's detector box, the frames from the face masks), which frame "
-                           "faces differently. Connect Face Boxes' face_landmarks for framing '%s'.", framing)
-            framing = "official"
-        face, reference = o["face"], o["reference"]
+        reference = o["reference"]
         ref_h, ref_w = reference.shape[:2]
-        ref_target = reference_target(face.bbox, face.kps, framing, ref_w, ref_h)
-        targets = frame_targets(boxes_from_masks(masks), None if marks is None else marks.points, framing,
-                                face.bbox, face.kps, width, height)
+        people = [(o["face"], o["face_masks"], o["face_landmarks"], "")]
+        if o.get("face_2") is not None:   # a second person: own reference face, own per-frame boxes
+            people.append((o["face_2"], o["face_masks_2"], o["face_landmarks_2"], "_2"))
+        cut = [self._person_targets(face, masks, marks, o["framing"], width, height, ref_w, ref_h, name)
+               for face, masks, marks, name in people]
         base = model.inner_model.inner_model
         device = x.device
         dtype = DECODE_PRECISIONS[o["precision"]]
-        logger.info("Face refinement: framing %s, decoder in %s on %s, %d of %d frames with a face",
-                    framing if marks is not None else "boxes", o["precision"], device,
-                    sum(t is not None for t in targets), frames)
+        for (_, _, marks, name), (_, targets, framing) in zip(people, cut):
+            logger.info("Face refinement%s: framing %s, decoder in %s on %s, %d of %d frames with a face",
+                        f" (person{name})" if len(people) > 1 else "", framing if marks is not None else "boxes",
+                        o["precision"], device, sum(t is not None for t in targets), frames)
         decoder = GradDecoder(o["vae"], base.process_latent_out, device, dtype)
         with torch.inference_mode(False):
             arcface = o["arcface"].to(device)
-            ref = reference_embedding(arcface, reference.to(device), ref_target)
-        return FaceRefiner(decoder, arcface, ref, targets, o["schedule"], margin=o["margin"], chunk=o["chunk"],
-                           crop=o["crop"], check_cancel=mm.throw_exception_if_processing_interrupted)
+            refs = [reference_embedding(arcface, reference.to(device), ref_target) for ref_target, _, _ in cut]
+        kwargs = dict(margin=o["margin"], chunk=o["chunk"], crop=o["crop"],
+                      check_cancel=mm.throw_exception_if_processing_interrupted)
+        if len(people) == 1:
+            return FaceRefiner(decoder, arcface, refs[0], cut[0][1], o["schedule"], **kwargs)
+        return MultiFaceRefiner(decoder, arcface, refs, [targets for _, targets, _ in cut], o["schedule"], **kwargs)
 
     def __call__(self, model, x, sigmas, extra_args=None, callback=None, disable=None, **churn):
         o = self.opts
@@ -212,6 +224,17 @@ class FaceRefineSampler(Node):
                                tooltip="bf16/fp16: about half the refinement decoder's memory, less precise gradients. "
                                "fp32: as the official code, the most precise. Number format of the refinement's "
                                "decoder."),
+                # last and optional: saved workflows keep their widget order and refine one face as before
+                types.Face.Input("face_2", optional=True,
+                                 tooltip="A second person to keep recognisable, with their own face: Face Embed on the "
+                                 "same reference with face_index set to that person's face. Needs face_masks_2. Leave "
+                                 "it unconnected for one person."),
+                io.Mask.Input("face_masks_2", optional=True,
+                              tooltip="Where the second person's face is in every frame: a second Face Boxes on Pose "
+                              "Align's output (people all) with person set to that person. Needs face_2."),
+                types.FaceLandmarks.Input("face_landmarks_2", optional=True,
+                                        tooltip="The second person's face points, from the same Face Boxes as "
+                                        "face_masks_2, so their face is cut out the way their reference face is."),
             ],
             outputs=[io.Sampler.Output(display_name="sampler", tooltip="A sampler that pulls every face towards the "
                                        "reference while it denoises: for Animation Sampler or SamplerCustomAdvanced.")],
@@ -231,13 +254,26 @@ class FaceRefineSampler(Node):
     @classmethod
     def execute(cls, vae, arcface, reference, face, face_masks, enabled, sampler, start_step, end_step, iterations,
                 lr, margin, crop_decode, chunk, s_churn, s_tmin, s_tmax, s_noise, face_landmarks=None,
-                framing="arcface", decode_precision="fp32") -> io.NodeOutput:
+                framing="arcface", decode_precision="fp32", face_2=None, face_masks_2=None,
+                face_landmarks_2=None) -> io.NodeOutput:
         if enabled and not face.found:
             raise ValueError("Face refinement needs the reference face, but Face Embed found none. "
                              "Turn refinement off or use a reference with a visible face.")
+        if (face_2 is None) != (face_masks_2 is None):
+            given, missing = ("face_2", "face_masks_2") if face_masks_2 is None else ("face_masks_2", "face_2")
+            raise InputError(f"Face Refine Sampler: {given} is connected but {missing} is not; the second person "
+                             "needs both (their reference face from Face Embed and their per-frame boxes from Face "
+                             f"Boxes). Connect {missing}, or disconnect {given} for one person.")
+        if face_2 is None and face_landmarks_2 is not None:
+            raise InputError("Face Refine Sampler: face_landmarks_2 is connected without face_2 and face_masks_2; "
+                             "connect those too for a second person, or disconnect face_landmarks_2.")
+        if enabled and face_2 is not None and not face_2.found:
+            raise InputError("Face Refine Sampler: face_2 has no face (Face Embed found none at that face_index). "
+                             "Pick the second person's face with face_index, or disconnect face_2.")
         opts = dict(vae=vae, arcface=arcface, reference=reference[0], face=face, face_masks=face_masks,
                     face_landmarks=face_landmarks, enabled=enabled, framing=framing, precision=decode_precision,
-                    schedule=RefineSchedule(start_step, end_step, iterations, lr), margin=margin, chunk=chunk, crop=crop_decode)
+                    schedule=RefineSchedule(start_step, end_step, iterations, lr), margin=margin, chunk=chunk, crop=crop_decode,
+                    face_2=face_2, face_masks_2=face_masks_2, face_landmarks_2=face_landmarks_2)
         extra = {"s_churn": s_churn, "s_tmin": s_tmin, "s_tmax": s_tmax, "s_noise": s_noise} if sampler == "heun_churn" else {}
         return io.NodeOutput(comfy.samplers.KSAMPLER(RefineSamplerFunction(sampler, opts), extra_options=extra))
 

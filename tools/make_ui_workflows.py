@@ -63,7 +63,8 @@ STAGE_OF = {
     "BasicScheduler": "Animate", "SamplerCustomAdvanced": "Animate",
     # Output: decoded, previewed, saved
     "IDA_AnimationDecode": "Output", "SaveVideo": "Output", "PreviewImage": "Output", "SaveImage": "Output",
-    "IDA_SavePoseKeypoints": "Output",
+    "IDA_SavePoseKeypoints": "Output", "IDA_ColorMatch": "Output",
+    "IDA_FaceSimilarity": "Output", "PreviewAny": "Output",
 }
 NOTES = {   # stage -> (heading: what to do, readable at fit-to-view; text: the details)
     "Inputs": ("Drop your picture and a dance video here",
@@ -129,16 +130,31 @@ WORKFLOWS = {
                "Output": ("Your video is saved here", "In `ComfyUI/output/identity_animator/`.")}),
     "animate_face_refine": Template(
         "animate_face_refine.json", "Animate with HJB face refinement",
-        "The animation with HJB face refinement in the sampler, for a closer likeness of the face.",
+        "The animation with HJB face refinement in the sampler, for a closer likeness of the face, and "
+        "an identity check (CSIM) of every frame.",
         notes={"Animate": ("Press Run: animation with face refinement",
                            "HJB refinement works in the sampler from *start_step* to *end_step*: slower, "
-                           "with a closer likeness.")}),
+                           "with a closer likeness."),
+               "Output": ("Your video is saved here",
+                          "*Identity Check*: each frame's likeness to your face (1 = same).")}),
     "animate_long_video": Template(
         "animate_long_video.json", "Long video with sliding windows",
         "Long dance videos: sliding windows shifted every step, chunked decode.",
         notes={"Animate": ("Press Run: a long video in windows",
                            "Windows of *window_length* frames, shifted every step so no seam stays put; "
                            "decoded in chunks.")}),
+    "color_match_video": Template(
+        "color_match_video.json", "Fix colour drift in a finished animation",
+        "Pulls a long animation's colours back to the reference picture's, window by window, and saves it "
+        "again with its sound.",
+        stages={"IDA_ColorMatch": "Animate"},
+        notes={"Inputs": ("Drop your picture and your animation",
+                          "*Reference image*: the picture the animation was made from. *Your animation*: the "
+                          "video to correct."),
+               "Animate": ("Press Run: colours held to your picture",
+                           "One correction per window of *window_length* frames, blended between windows; "
+                           "*strength* 0 leaves the video as it is."),
+               "Output": ("Your video is saved here", "In `ComfyUI/output/identity_animator/`, with its sound.")}),
     "pose_check": Template(
         "pose_check.json", "Check the aligned skeleton before animating",
         "DWPose, Pose Align and the skeletons only: check the fit in seconds before spending GPU time.",

@@ -16,7 +16,7 @@ VENV="${VENV:-$ROOT/.venv}"
 HOST_DIR="$ROOT/.host"
 COMFY="${COMFYUI_DIR:-$HOST_DIR/ComfyUI}"
 PACK_LINK_NAME="comfyui-identity-animator"
-STAMP="$VENV/.identity-animator-host-v4"
+STAMP="$VENV/.identity-animator-host-v5"
 PY="${PYTHON:-python3}"
 CONSTRAINTS="$ROOT/tools/constraints-cpu.txt"
 
