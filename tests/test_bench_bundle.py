@@ -70,3 +70,19 @@ def test_the_benchmark_runs_from_the_bundle_alone(tmp_path):
     assert where["identity_animator"].startswith(str(ROOT)), where
     assert ".host" not in json.dumps(where)
     assert "| tiny 16f 64x64 HJB |" in (out / "benchmarks.md").read_text()
+
+
+def test_the_channels_last_lever_leaves_temporal_convolutions_alone():
+    # Module.to(memory_format=channels_last) refuses a model with 5-D weights, as the SVD UNet has
+    import torch
+
+    spec = importlib.util.spec_from_file_location("ida_bench_workload", ROOT / "tools" / "bench" / "workload.py")
+    workload = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = workload      # its dataclasses look their module up there
+    spec.loader.exec_module(workload)
+    model = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3), torch.nn.Conv3d(8, 8, (3, 1, 1)))
+    with pytest.raises(RuntimeError):
+        model.to(memory_format=torch.channels_last)
+    workload.channels_last_(model)
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last) and not model[0].weight.is_contiguous()
+    assert model[1].weight.is_contiguous()

@@ -226,7 +226,7 @@ def table(results: list[dict], info: dict) -> str:
     s0 = results[0]["spec"] if results else {}
     refine_spec = next((r["spec"] for r in results if r["spec"].get("refine")), s0)
     mem = "peak GPU memory allocated (`torch.cuda.max_memory_allocated`, weights included)" if "cuda" in info else \
-          "peak process RSS"
+          "peak process RSS (the baseline runs second: its figure is the process's peak so far)"
     head = (f"Device: **{info['device']}**"
             + (f", driver {info.get('driver')}, CUDA {info.get('cuda')}" if "cuda" in info else "")
             + f"; torch {info['torch']}, Python {info['python']}; measured {info['date']} by `tools/benchmark.py`"

@@ -282,7 +282,16 @@ class PackRun:
         import comfy.model_management as mm
 
         mm.load_models_gpu([self.model])
-        self.model.model.diffusion_model.to(memory_format=torch.channels_last)
+        channels_last_(self.model.model.diffusion_model)
+
+
+def channels_last_(module: torch.nn.Module) -> None:
+    """The 4-D (2-D convolution) weights in channels-last layout, in place. ``Module.to(memory_format=)``
+    refuses the whole model because the SVD UNet also holds 5-D temporal convolution weights."""
+    with torch.no_grad():
+        for param in module.parameters():
+            if param.dim() == 4:
+                param.data = param.data.contiguous(memory_format=torch.channels_last)
 
 
 # ---------------------------------------------------------------------------------------- the baseline
@@ -305,7 +314,7 @@ class BaselineRun:
             config = TINY_UNET
         self.unet = official_unet(unet_weights(spec, keys, device), config, device, dtype)
         if spec.channels_last:
-            self.unet.to(memory_format=torch.channels_last)
+            channels_last_(self.unet)
         self.posenet = official_posenet(pose_weights(spec, keys, device), device, dtype)
         self.hjb = None
         if spec.refine:
