@@ -166,6 +166,11 @@ class FaceResult:
         return self.det_score > 0
 
 
+def largest_first(boxes: np.ndarray) -> np.ndarray:
+    """Indices of detector boxes ``[N, 4+]`` (x0, y0, x1, y1, ...) by area, largest first."""
+    return np.argsort(-(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])) if len(boxes) else np.zeros(0, int)
+
+
 class FaceAnalyzer:
     """insightface's antelopev2 detector + recogniser, loaded from local files only."""
 
@@ -186,6 +191,12 @@ class FaceAnalyzer:
             if len(boxes):
                 return boxes, kps, size
         return np.zeros((0, 5)), np.zeros((0, 5, 2)), 0
+
+    def landmarks(self, image_rgb: np.ndarray) -> list[np.ndarray]:
+        """Five-point landmarks of every face in an RGB picture, in the order :meth:`analyse` counts
+        ``index`` (largest first), found the same way (BGR, detector sizes retried)."""
+        boxes, kpss, _ = self.detect(np.ascontiguousarray(image_rgb[..., ::-1]))
+        return [np.asarray(kpss[i], float) for i in largest_first(boxes)]
 
     def analyse(self, image_rgb: np.ndarray, color_order: str = "bgr", index: int = 0,
                 allow_missing: bool = False) -> tuple[FaceResult, int]:
@@ -208,8 +219,7 @@ class FaceAnalyzer:
             raise NoFaceError(
                 f"No face found in the reference image (tried detector sizes {list(DET_SIZES)}). Use a reference "
                 "where the face is visible and at least ~40 px wide, or switch on allow_missing to go on without identity.")
-        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-        order = np.argsort(-area)
+        order = largest_first(boxes)
         if index >= len(order):
             raise NoFaceError(f"face_index={index} but only {len(order)} face(s) were found (0 = largest).")
         i = order[index]

@@ -398,19 +398,27 @@ class FaceRefiner:
                 self._frame_index[key] = torch.tensor(list(idx), device=z.device)
         return z.index_select(0, self._frame_index[key])
 
+    def _chunk_targets(self, idx) -> list:
+        """The faces cut from a chunk, in the order its crops come out (one per frame here)."""
+        return [self.targets[k] for k in idx]
+
     def _cut(self, idx, origin, pixels: torch.Tensor) -> ChunkCrops:
         key = (tuple(idx), origin, tuple(pixels.shape[-2:]), pixels.device, pixels.dtype)
         if key not in self._cuts:
-            self._cuts[key] = ChunkCrops([self.targets[k] for k in idx], origin, pixels.shape[-1], pixels.shape[-2],
+            self._cuts[key] = ChunkCrops(self._chunk_targets(idx), origin, pixels.shape[-1], pixels.shape[-2],
                                          pixels.device, pixels.dtype)
         return self._cuts[key]
 
-    def chunk_loss(self, z: torch.Tensor, idx: list[int]) -> torch.Tensor:
+    def _decode_window(self, z: torch.Tensor, idx) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The chunk's frames decoded over its window only, and the window's top-left pixel."""
         s = LATENT_SCALE
         x0, y0, x1, y1 = self.window(idx, z.shape[-2] * s, z.shape[-1] * s)
         lat = self._chunk_frames(z, idx)[:, :, y0 // s:y1 // s, x0 // s:x1 // s]
-        pixels = self.decode(lat).clamp(-1.0, 1.0)
-        crops = self._cut(idx, (x0, y0), pixels)(pixels)
+        return self.decode(lat).clamp(-1.0, 1.0), (x0, y0)
+
+    def chunk_loss(self, z: torch.Tensor, idx: list[int]) -> torch.Tensor:
+        pixels, origin = self._decode_window(z, idx)
+        crops = self._cut(idx, origin, pixels)(pixels)
         emb = self.arcface(crops.to(next(self.arcface.parameters())))
         return identity_loss(emb, self.ref)
 
@@ -516,17 +524,12 @@ class MultiFaceRefiner(FaceRefiner):
                 self._rows[key] = (torch.tensor(rows, device=device), torch.tensor(persons, device=device))
         return self._rows[key]
 
+    def _chunk_targets(self, idx) -> list:
+        return [t for k in idx for _, t in self.faces[k]]
+
     def chunk_loss(self, z: torch.Tensor, idx: list[int]) -> torch.Tensor:
-        s = LATENT_SCALE
-        x0, y0, x1, y1 = self.window(idx, z.shape[-2] * s, z.shape[-1] * s)
-        lat = self._chunk_frames(z, idx)[:, :, y0 // s:y1 // s, x0 // s:x1 // s]
-        pixels = self.decode(lat).clamp(-1.0, 1.0)
+        pixels, origin = self._decode_window(z, idx)
         rows, persons = self._chunk_rows(idx, pixels.device)
-        per_face = pixels.index_select(0, rows)
-        key = ("faces", tuple(idx), (x0, y0), tuple(pixels.shape[-2:]), pixels.device, pixels.dtype)
-        if key not in self._cuts:
-            self._cuts[key] = ChunkCrops([t for k in idx for _, t in self.faces[k]], (x0, y0), pixels.shape[-1],
-                                         pixels.shape[-2], pixels.device, pixels.dtype)
-        crops = self._cuts[key](per_face)
+        crops = self._cut(idx, origin, pixels)(pixels.index_select(0, rows))
         emb = self.arcface(crops.to(next(self.arcface.parameters())))
-        return identity_loss(emb, self.ref.to(emb.device).index_select(0, persons.to(emb.device)))
+        return identity_loss(emb, self.ref.to(emb.device).index_select(0, persons))

@@ -12,26 +12,13 @@ from comfy_api.latest import io, ui
 
 from ..models.evaluate import CsimResult, cosine, embed, face_crop, plot_csim
 from . import types
+from .face import to_uint8
 from .validation import InputError, Node
 
 logger = logging.getLogger(__name__)
 
 CAT_EVALUATE = f"{types.CATEGORY}/evaluate"
 DISPLAY = "Identity Check (CSIM)"   # the display name, for messages
-
-
-def _uint8(image: torch.Tensor) -> np.ndarray:
-    return (image[..., :3].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-
-
-def _faces_largest_first(analyzer, rgb: np.ndarray) -> list[np.ndarray]:
-    """Five-point landmarks of every face the analyser finds (as Face Embed finds them: BGR, detector sizes
-    retried), largest face first."""
-    boxes, kps, _ = analyzer.detect(np.ascontiguousarray(rgb[..., ::-1]))
-    if len(boxes) == 0:
-        return []
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return [np.asarray(kps[i], float) for i in np.argsort(-area)]
 
 
 class FaceSimilarity(Node):
@@ -97,7 +84,7 @@ class FaceSimilarity(Node):
                     f"{DISPLAY}: face_landmarks has {len(face_landmarks)} frame(s) but frames has {len(frames)}. Feed "
                     "Face Boxes the poses of the same frames, or disconnect face_landmarks.")
         ref = reference[0]
-        faces = _faces_largest_first(face_analysis, _uint8(ref))
+        faces = face_analysis.landmarks(to_uint8(ref))
         if len(faces) <= face_index:
             found = f"only {len(faces)} face(s) were found" if faces else "no face was found"
             raise InputError(
@@ -114,7 +101,7 @@ class FaceSimilarity(Node):
             if face_landmarks is not None:
                 points = face_landmarks.points[i]
             else:
-                found = _faces_largest_first(face_analysis, _uint8(frame))
+                found = face_analysis.landmarks(to_uint8(frame))
                 points = found[0] if found else None
             crop = None if points is None else face_crop(frame.float().cpu(), points)
             if crop is not None:

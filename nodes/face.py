@@ -71,7 +71,7 @@ class LoadFaceAnalysis(Node):
         return io.NodeOutput(analyzer)
 
 
-def _to_uint8(image: torch.Tensor) -> np.ndarray:
+def to_uint8(image: torch.Tensor) -> np.ndarray:
     return (image[..., :3].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
 
@@ -113,7 +113,7 @@ class FaceEmbed(Node):
 
     @classmethod
     def execute(cls, face_analysis, image, face_index, color_order, allow_missing) -> io.NodeOutput:
-        res, count = face_analysis.analyse(_to_uint8(image[0]), color_order=color_order, index=face_index,
+        res, count = face_analysis.analyse(to_uint8(image[0]), color_order=color_order, index=face_index,
                                            allow_missing=allow_missing)
         if count > 1:
             logger.info("Face Embed: %d faces in the reference; using #%d (largest first)", count, face_index)

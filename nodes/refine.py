@@ -75,8 +75,7 @@ class RefineSamplerFunction:
         o = self.opts
         if not o["enabled"]:
             return None
-        for suffix, masks, marks in [("", o["face_masks"], o["face_landmarks"])] + [
-                ("_2", o["face_masks_2"], o["face_landmarks_2"])] * (o.get("face_2") is not None):
+        for _, masks, marks, suffix in self.people():
             if masks.shape[0] != frames or tuple(masks.shape[1:]) != (height, width):
                 return (f"face_masks{suffix} are {masks.shape[0]} frames of {masks.shape[2]}x{masks.shape[1]} but the "
                         f"video is {frames} frames of {width}x{height}: build them with Face Boxes from the same poses, "
@@ -85,6 +84,14 @@ class RefineSamplerFunction:
                 return (f"face_landmarks{suffix} are {len(marks)} frames of {marks.width}x{marks.height} but the video "
                         f"is {frames} frames of {width}x{height}: take them from the same Face Boxes as the masks.")
         return None
+
+    def people(self) -> list[tuple]:
+        """(reference face, per-frame masks, landmarks, input-name suffix) of each person refined."""
+        o = self.opts
+        people = [(o["face"], o["face_masks"], o["face_landmarks"], "")]
+        if o.get("face_2") is not None:   # a second person: own reference face, own per-frame boxes
+            people.append((o["face_2"], o["face_masks_2"], o["face_landmarks_2"], "_2"))
+        return people
 
     def _person_targets(self, face, masks, marks, framing, width, height, ref_w, ref_h, name):
         """(reference target, per-frame targets, framing used) for one person's face."""
@@ -108,9 +115,7 @@ class RefineSamplerFunction:
             raise ValueError(f"Face Refine Sampler: {problem}")
         reference = o["reference"]
         ref_h, ref_w = reference.shape[:2]
-        people = [(o["face"], o["face_masks"], o["face_landmarks"], "")]
-        if o.get("face_2") is not None:   # a second person: own reference face, own per-frame boxes
-            people.append((o["face_2"], o["face_masks_2"], o["face_landmarks_2"], "_2"))
+        people = self.people()
         cut = [self._person_targets(face, masks, marks, o["framing"], width, height, ref_w, ref_h, name)
                for face, masks, marks, name in people]
         base = model.inner_model.inner_model

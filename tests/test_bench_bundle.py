@@ -17,11 +17,17 @@ from conftest import COMFY_DIR, ROOT
 from ida_device_standin import bundle_names, make_standin_python
 
 
-def _bundle_module():
-    spec = importlib.util.spec_from_file_location("ida_bench_bundle", ROOT / "tools" / "bench" / "bundle.py")
+def _bench_module(name: str):
+    """tools/bench/<name>.py, imported by path (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"ida_bench_{name}", ROOT / "tools" / "bench" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod      # dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
+
+
+def _bundle_module():
+    return _bench_module("bundle")
 
 
 def test_the_device_bundle_fits_what_a_gpu_run_carries(tmp_path):
@@ -76,10 +82,7 @@ def test_the_channels_last_lever_leaves_temporal_convolutions_alone():
     # Module.to(memory_format=channels_last) refuses a model with 5-D weights, as the SVD UNet has
     import torch
 
-    spec = importlib.util.spec_from_file_location("ida_bench_workload", ROOT / "tools" / "bench" / "workload.py")
-    workload = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = workload      # its dataclasses look their module up there
-    spec.loader.exec_module(workload)
+    workload = _bench_module("workload")
     model = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3), torch.nn.Conv3d(8, 8, (3, 1, 1)))
     with pytest.raises(RuntimeError):
         model.to(memory_format=torch.channels_last)
